@@ -1,0 +1,1 @@
+"""The ``bench`` sub-commands, one module per area; each module has ``register(app)``."""

@@ -1,0 +1,115 @@
+"""Parameter dataclasses: building them from defaults plus ``--set key=value`` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, Literal, get_args, get_origin
+
+from harness.errors import UserError
+
+
+class ConfigError(UserError, ValueError):
+    """A configuration value is invalid; the message names the key and what to do."""
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, dict[str, str]]:
+    """Split ``["backbone.width=32", "loss=ssl4mis"]`` into ``{"backbone": {...}, "": {...}}``."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set backbone.width=32")
+        key, value = item.split("=", 1)
+        scope, _, name = key.strip().rpartition(".")
+        if not name:
+            raise ConfigError(f"--set {item!r}: empty key")
+        out.setdefault(scope, {})[name] = value.strip()
+    return out
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    if not isinstance(value, str):
+        return value
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(tp)
+        if type(None) in args and value.lower() in ("none", "null", ""):
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{where}: cannot parse {value!r}")
+    if origin is Literal:
+        choices = get_args(tp)
+        for choice in choices:
+            if str(choice) == value:
+                return choice
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, choices))}")
+    if origin in (tuple, list):
+        args = get_args(tp)
+        inner = args[0] if args else str
+        parts = [p for p in value.strip("()[] ").split(",") if p.strip()]
+        items = [_coerce(p.strip(), inner, where) for p in parts]
+        return tuple(items) if origin is tuple else items
+    if tp is bool:
+        lowered = value.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp in (int, float):
+        try:
+            return tp(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}") from None
+    if tp is str:
+        return value
+    raise ConfigError(f"{where}: cannot set a value of type {tp} from the command line")
+
+
+def build_params(cls: type, overrides: dict[str, Any] | None, who: str) -> Any:
+    """Instantiate the parameters dataclass ``cls`` with ``overrides`` coerced to field types.
+
+    ``who`` names the component in errors (``"backbone cmunet"``).
+    """
+    overrides = dict(overrides or {})
+    if not dataclasses.is_dataclass(cls):
+        if overrides:
+            raise ConfigError(f"{who} takes no parameters, got {', '.join(overrides)}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ConfigError(f"{who} has no parameter {unknown[0]!r}; its parameters are: {', '.join(sorted(names))}")
+    kwargs = {k: _coerce(v, hints[k], f"{who} parameter {k}") for k, v in overrides.items()}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{who}: {exc}") from None
+
+
+def describe_params(cls: type) -> list[tuple[str, str, Any]]:
+    """(name, type, default) of each field of a parameters dataclass."""
+    if not dataclasses.is_dataclass(cls):
+        return []
+    hints = typing.get_type_hints(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = dataclasses.MISSING
+        rows.append((f.name, getattr(hints[f.name], "__name__", str(hints[f.name])), default))
+    return rows
