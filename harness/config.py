@@ -28,7 +28,8 @@ def parse_overrides(items: list[str] | None) -> dict[str, dict[str, str]]:
     return out
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
+def coerce_value(value: Any, tp: Any, where: str) -> Any:
+    """Convert a command-line string to the type ``tp`` (Literal, Union, tuple, bool, int, ...)."""
     if not isinstance(value, str):
         return value
     origin = get_origin(tp)
@@ -43,7 +44,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(value, arg, where)
+                return coerce_value(value, arg, where)
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if errors else f"{where}: cannot parse {value!r}")
@@ -57,7 +58,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         args = get_args(tp)
         inner = args[0] if args else str
         parts = [p for p in value.strip("()[] ").split(",") if p.strip()]
-        items = [_coerce(p.strip(), inner, where) for p in parts]
+        items = [coerce_value(p.strip(), inner, where) for p in parts]
         return tuple(items) if origin is tuple else items
     if tp is bool:
         lowered = value.lower()
@@ -91,7 +92,7 @@ def build_params(cls: type, overrides: dict[str, Any] | None, who: str) -> Any:
     unknown = sorted(set(overrides) - names)
     if unknown:
         raise ConfigError(f"{who} has no parameter {unknown[0]!r}; its parameters are: {', '.join(sorted(names))}")
-    kwargs = {k: _coerce(v, hints[k], f"{who} parameter {k}") for k, v in overrides.items()}
+    kwargs = {k: coerce_value(v, hints[k], f"{who} parameter {k}") for k, v in overrides.items()}
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:

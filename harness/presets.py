@@ -1,0 +1,56 @@
+"""Run presets: sizes, lengths and schedules for the CPU demo, a CPU hour, and the published run.
+
+Component-specific values (backbone widths, generator sizes, method gates) live in each
+component's ``PRESETS`` table under the same preset name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from harness.errors import UserError
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The CPU demo: bench run --generator ldm --ssl mgcc in <= 10 minutes on 2 cores, LDM included.
+    "quick": {
+        "image_size": 64,
+        "iterations": 300,
+        "val_every": 50,
+        "checkpoint_every": 100,
+        "ramp_horizon": "scaled",
+        "folds": [0],
+        "n_synthetic": 128,
+        "precision": "fp32",
+    },
+    # Where an SSL gain can be measured on a CPU hour or a short GPU lease.
+    "medium": {
+        "image_size": 128,
+        "iterations": 2500,
+        "val_every": 250,
+        "checkpoint_every": 500,
+        "ramp_horizon": "scaled",
+        "folds": [0],
+        "n_synthetic": None,
+        "precision": "fp32",
+    },
+    # The published default run: 256², published widths, T = 20,000, published ramp horizon.
+    "paper": {
+        "image_size": 256,
+        "iterations": 20000,
+        "val_every": 500,
+        "checkpoint_every": 1000,
+        "ramp_horizon": "published",
+        "folds": None,
+        "n_synthetic": None,
+        "precision": "bf16",
+    },
+}
+
+
+def resolve_preset(name: str, cuda: bool) -> str:
+    """``auto`` is ``paper`` on CUDA and ``quick`` on the CPU."""
+    if name == "auto":
+        return "paper" if cuda else "quick"
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}; use one of auto, {', '.join(PRESETS)}")
+    return name

@@ -1,0 +1,297 @@
+"""The results store: one directory per run, atomic writes, per-run locks, loading into pandas.
+
+A run directory holds run.json (resolved configuration, provenance, status, timings),
+metrics.csv (one row per test image and checkpoint), curves.jsonl and checkpoints/.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from harness.errors import UserError
+
+RUN_FILE = "run.json"
+METRICS_FILE = "metrics.csv"
+CURVES_FILE = "curves.jsonl"
+LOCK_FILE = ".lock"
+
+
+class RunLockedError(UserError):
+    """Another process holds the run's lock."""
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path`` and rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
+    with tmp.open("w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_rows_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Write dict rows as CSV atomically (columns in first-seen order)."""
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(k for k in row if k not in columns)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def read_run(run_dir: Path) -> dict[str, Any] | None:
+    """The run.json of ``run_dir``, or None when there is none yet."""
+    path = Path(run_dir) / RUN_FILE
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def run_lock(run_dir: Path, stale_after: float = 6 * 3600) -> Iterator[None]:
+    """Hold the run's lock: an exclusive create of ``.lock`` (works across machines on NFS).
+
+    A lock left by a dead process on this host, or older than ``stale_after`` seconds and not
+    refreshed, is taken over.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_FILE
+    owner = {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                held = json.loads(path.read_text() or "{}")
+            except (OSError, json.JSONDecodeError):
+                held = {}
+            dead = held.get("host") == owner["host"] and not _pid_alive(int(held.get("pid", -1)))
+            old = time.time() - path.stat().st_mtime > stale_after
+            if dead or old:
+                path.unlink(missing_ok=True)
+                continue
+            raise RunLockedError(
+                f"run {run_dir.name} is being trained by pid {held.get('pid')} on {held.get('host')}; "
+                f"wait for it, or delete {path} if that process is gone"
+            ) from None
+        with os.fdopen(fd, "w") as fh:
+            json.dump(owner, fh)
+        break
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def run_dirs(root: Path) -> list[Path]:
+    """Every run directory (one holding run.json) under ``root``."""
+    root = Path(root)
+    if (root / RUN_FILE).exists():
+        return [root]
+    return sorted(p.parent for p in root.rglob(RUN_FILE))
+
+
+# --------------------------------------------------------------------------- reading into pandas
+# The reading side: ``load`` is the one entry point for tables, figures and users' own analysis.
+
+#: run.json ``config`` keys copied as columns as they are
+CONFIG_COLUMNS = (
+    "ssl", "backbone", "generator", "data", "labeled", "fold", "draw", "seed", "preset", "image_size",
+    "in_channels", "resize", "include_strata", "normalisation", "unlabeled", "n_synthetic", "eval_resolution",
+    "published_metrics", "deterministic",
+)  # fmt: skip
+#: run.json ``config.train`` keys copied as columns (``precision`` is renamed: it is also a metric)
+TRAIN_COLUMNS = {
+    "iterations": "iterations",
+    "labeled_batch": "labeled_batch",
+    "unlabeled_batch": "unlabeled_batch",
+    "lr": "lr",
+    "ramp_horizon": "ramp_horizon",
+    "ramp_fraction": "ramp_fraction",
+    "precision": "train_precision",
+}
+#: parameter blocks of run.json ``config``: kept as a JSON string and flattened as ``<prefix>.<name>``
+PARAM_BLOCKS = {"method_params": "method", "backbone_params": "backbone", "generator_params": "generator"}
+#: keys a split file may use for the near-duplicate cluster (or group) of each id, most specific first
+CLUSTER_KEYS = ("clusters", "cluster", "near_duplicates", "duplicate_clusters", "groups", "group")
+
+
+class ResultsError(UserError):
+    """A results directory or one of its files cannot be read."""
+
+
+def _scalar(value: Any) -> Any:
+    """Lists become comma-joined strings so that columns stay hashable; None stays None."""
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value)
+    return value
+
+
+def run_record(run: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """One finished run's configuration and provenance as flat columns (see :func:`load`)."""
+    config = run.get("config", {})
+    data = run.get("data", {})
+    train = run.get("train", {})
+    split = config.get("split", {}) or {}
+    record: dict[str, Any] = {
+        "run": run.get("name", run_dir.name),
+        "run_id": run.get("run_id"),
+        "run_dir": str(run_dir),
+    }
+    record.update({key: _scalar(config.get(key)) for key in CONFIG_COLUMNS})
+    record.update({column: config.get("train", {}).get(key) for key, column in TRAIN_COLUMNS.items()})
+    record.update(
+        protocol=data.get("protocol") or split.get("protocol"),
+        k=split.get("k"),
+        selection_is_test=bool(data.get("selection_is_test", False)),
+        dataset=data.get("name"),
+        fingerprint=data.get("fingerprint"),
+        split_file=data.get("split_file") or split.get("file"),
+        split_hash=data.get("split_hash"),
+        n_labeled=data.get("n_labeled"),
+        uses_extra_labels=bool((run.get("generator") or {}).get("uses_extra_labels", False)),
+        best_step=train.get("best_step"),
+        train_seconds=train.get("seconds"),
+        images_per_second=train.get("images_per_second"),
+        segbench_version=(run.get("versions") or {}).get("segbench"),
+        metric_policy=json.dumps(run.get("metric_policy") or {}, sort_keys=True),
+    )
+    for block, prefix in PARAM_BLOCKS.items():
+        params = config.get(block) or {}
+        record[block] = json.dumps(params, sort_keys=True, default=str)
+        record.update({f"{prefix}.{name}": _scalar(value) for name, value in sorted(params.items())})
+    return record
+
+
+def _finished_runs(root: Path) -> list[tuple[Path, dict[str, Any]]]:
+    runs = []
+    for run_dir in run_dirs(root):
+        try:
+            run = read_run(run_dir)
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ResultsError(
+                f"{run_dir / RUN_FILE} is not readable JSON ({exc}); delete that run directory and rerun it"
+            ) from None
+        if run and run.get("status") == "done":
+            runs.append((run_dir, run))
+    return runs
+
+
+def _check_root(path: Path | str) -> Path:
+    root = Path(path)
+    if not root.exists():
+        raise ResultsError(f"results directory {root} does not exist; give the --out folder of `bench run`")
+    return root
+
+
+def runs_frame(path: Path | str) -> Any:
+    """One row per finished run under ``path``: the configuration columns of :func:`load`, no images."""
+    import pandas as pd
+
+    root = _check_root(path)
+    return pd.DataFrame([run_record(run, run_dir) for run_dir, run in _finished_runs(root)])
+
+
+def split_clusters(split_file: Path | str | None) -> dict[str, str]:
+    """``{image id: near-duplicate cluster}`` from a split file; empty when it holds none (or is missing).
+
+    Accepts a mapping ``{id: cluster}`` or a list of clusters (lists of ids) under one of
+    :data:`CLUSTER_KEYS`, at the top level or under ``"dataset"``.
+    """
+    if not split_file:
+        return {}
+    path = Path(split_file)
+    try:
+        split = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    for holder in (split, split.get("dataset") if isinstance(split.get("dataset"), dict) else None):
+        if not holder:
+            continue
+        for key in CLUSTER_KEYS:
+            value = holder.get(key)
+            if isinstance(value, dict) and value:
+                return {str(i): str(c) for i, c in value.items()}
+            if isinstance(value, list) and value and all(isinstance(c, list) for c in value):
+                return {str(i): f"c{n}" for n, members in enumerate(value) for i in members}
+    return {}
+
+
+def _read_metrics(run_dir: Path) -> Any:
+    import pandas as pd
+
+    path = run_dir / METRICS_FILE
+    if not path.exists():
+        raise ResultsError(f"{path} is missing although {run_dir / RUN_FILE} says the run is done; rerun it")
+    try:
+        frame = pd.read_csv(path, dtype={"id": str, "stratum": str, "checkpoint": str})
+    except (OSError, ValueError) as exc:
+        raise ResultsError(f"{path} is not a readable metrics table ({exc}); rerun the run") from None
+    for column in ("lesion", "pred_empty"):
+        if column in frame:
+            frame[column] = frame[column].map(lambda v: str(v).strip().lower() in ("true", "1", "1.0"))
+    return frame
+
+
+def load(path: Path | str, *, checkpoint: str | None = None) -> Any:
+    """Per-image rows of every finished run under ``path`` (a results directory or one run directory).
+
+    Columns: the metrics.csv columns (id, stratum, lesion, pred_empty, height, width, resolution,
+    dice, iou, hd95, assd, precision, recall, specificity, accuracy, [published_*], checkpoint,
+    checkpoint_step); the run's configuration (run, run_id, run_dir, ssl, backbone, generator, data,
+    labeled, fold, draw, seed, preset, image_size, ..., iterations, lr, precision, protocol,
+    selection_is_test, dataset, fingerprint, split_file, split_hash, uses_extra_labels, ...); its
+    parameters as JSON strings (method_params, backbone_params, generator_params) and flattened
+    (``method.<name>``, ``backbone.<name>``, ``generator.<name>``); and ``cluster``, the image's
+    near-duplicate cluster from the split file (the id itself where the split file has none).
+    ``checkpoint`` ("best" or "last") keeps one checkpoint's rows. Running and failed runs are left out.
+    """
+    import pandas as pd
+
+    root = _check_root(path)
+    if checkpoint not in (None, "best", "last"):
+        raise ResultsError(f"checkpoint {checkpoint!r}: use best or last")
+    frames = []
+    clusters_by_file: dict[str, dict[str, str]] = {}
+    for run_dir, run in _finished_runs(root):
+        frame = _read_metrics(run_dir)
+        if checkpoint is not None:
+            frame = frame[frame["checkpoint"] == checkpoint]
+        record = run_record(run, run_dir)
+        split_file = record["split_file"] or ""
+        if split_file not in clusters_by_file:
+            clusters_by_file[split_file] = split_clusters(split_file)
+        clusters = clusters_by_file[split_file]
+        frame = frame.assign(cluster=[clusters.get(i, i) for i in frame["id"]])
+        config = pd.DataFrame([record] * len(frame), index=frame.index)
+        frames.append(pd.concat([frame, config], axis=1))
+    if not frames:
+        raise ResultsError(f"no finished runs under {root}: train some with `bench run --out {root}`")
+    return pd.concat(frames, ignore_index=True, sort=False)

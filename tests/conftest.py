@@ -1,0 +1,7 @@
+"""Test-suite settings shared by every test module."""
+
+import torch
+
+# Test tensors are tiny: one intra-op thread is faster than two and is immune to a busy machine,
+# where two threads that wait on each other turn milliseconds into seconds.
+torch.set_num_threads(1)
