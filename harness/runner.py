@@ -62,7 +62,7 @@ class RunSpec:
     labeled_batch: int = 4
     unlabeled_batch: int = 4
     in_channels: int = 1
-    resize: str = "squash"
+    resize: str | None = None  # None: the dataset.toml default, else squash
     include_strata: list[str] | None = None
     normalisation: str = "zscore"
     precision: str | None = None
