@@ -347,6 +347,11 @@ class Trainer:
                 ramp_progress(s.iterations - 1, s.iterations, s.ramp_horizon, s.ramp_fraction)  # type: ignore[arg-type]
             ),
             resumed_from=self.resumed_from,
+            extra=(
+                {"peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated(self.device) / 2**30, 3)}
+                if self.device.type == "cuda"
+                else {}
+            ),
         )
 
     def _flush(self, window: list[tuple[int, float, torch.Tensor, dict[str, torch.Tensor]]]) -> list[dict]:

@@ -139,8 +139,6 @@ TRAIN_COLUMNS = {
 }
 #: parameter blocks of run.json ``config``: kept as a JSON string and flattened as ``<prefix>.<name>``
 PARAM_BLOCKS = {"method_params": "method", "backbone_params": "backbone", "generator_params": "generator"}
-#: keys a split file may use for the near-duplicate cluster (or group) of each id, most specific first
-CLUSTER_KEYS = ("clusters", "cluster", "near_duplicates", "duplicate_clusters", "groups", "group")
 
 
 class ResultsError(UserError):
@@ -177,6 +175,7 @@ def run_record(run: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         split_hash=data.get("split_hash"),
         n_labeled=data.get("n_labeled"),
         uses_extra_labels=bool((run.get("generator") or {}).get("uses_extra_labels", False)),
+        generator_cache=(run.get("generator") or {}).get("cache_dir"),
         best_step=train.get("best_step"),
         train_seconds=train.get("seconds"),
         images_per_second=train.get("images_per_second"),
@@ -220,27 +219,26 @@ def runs_frame(path: Path | str) -> Any:
 
 
 def split_clusters(split_file: Path | str | None) -> dict[str, str]:
-    """``{image id: near-duplicate cluster}`` from a split file; empty when it holds none (or is missing).
+    """``{image id: group}`` from a split file (harness.splits); empty when it has none or is unreadable.
 
-    Accepts a mapping ``{id: cluster}`` or a list of clusters (lists of ids) under one of
-    :data:`CLUSTER_KEYS`, at the top level or under ``"dataset"``.
+    A group is the union of near-duplicate clusters and cases (one patient), the unit that never
+    straddles train and test. The file's ``groups`` map lists the images in groups of two or more;
+    older files may only have ``duplicates.clusters`` (lists of ids).
     """
     if not split_file:
         return {}
-    path = Path(split_file)
     try:
-        split = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        split = json.loads(Path(split_file).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return {}
-    for holder in (split, split.get("dataset") if isinstance(split.get("dataset"), dict) else None):
-        if not holder:
-            continue
-        for key in CLUSTER_KEYS:
-            value = holder.get(key)
-            if isinstance(value, dict) and value:
-                return {str(i): str(c) for i, c in value.items()}
-            if isinstance(value, list) and value and all(isinstance(c, list) for c in value):
-                return {str(i): f"c{n}" for n, members in enumerate(value) for i in members}
+    if not isinstance(split, dict):
+        return {}
+    groups = split.get("groups")
+    if isinstance(groups, dict) and groups:
+        return {str(i): str(g) for i, g in groups.items()}
+    clusters = (split.get("duplicates") or {}).get("clusters") if isinstance(split.get("duplicates"), dict) else None
+    if isinstance(clusters, list):
+        return {str(i): str(members[0]) for members in clusters if members for i in members}
     return {}
 
 
@@ -269,8 +267,8 @@ def load(path: Path | str, *, checkpoint: str | None = None) -> Any:
     labeled, fold, draw, seed, preset, image_size, ..., iterations, lr, precision, protocol,
     selection_is_test, dataset, fingerprint, split_file, split_hash, uses_extra_labels, ...); its
     parameters as JSON strings (method_params, backbone_params, generator_params) and flattened
-    (``method.<name>``, ``backbone.<name>``, ``generator.<name>``); and ``cluster``, the image's
-    near-duplicate cluster from the split file (the id itself where the split file has none).
+    (``method.<name>``, ``backbone.<name>``, ``generator.<name>``); and ``cluster``, the image's group
+    in the split file (near-duplicate cluster or case; the id itself where it is in no group).
     ``checkpoint`` ("best" or "last") keeps one checkpoint's rows. Running and failed runs are left out.
     """
     import pandas as pd

@@ -18,7 +18,7 @@ from harness.runner import ResolvedRun, execute
 
 def _plan_table(runs: list[ResolvedRun], out: Path) -> tuple[Table, int]:
     table = Table(title=f"plan: {len(runs)} run(s) in {out}")
-    for column in ("run", "method", "generator", "backbone", "labeled", "fold", "draw", "seed", "iters", "state"):
+    for column in ("run id", "method", "generator", "backbone", "labeled", "fold", "draw", "seed", "iters", "state"):
         table.add_column(column)
     todo = 0
     for run in runs:
@@ -31,7 +31,7 @@ def _plan_table(runs: list[ResolvedRun], out: Path) -> tuple[Table, int]:
         todo += state != "done (skip)"
         c = run.config
         table.add_row(
-            run.name, c["ssl"], c["generator"], c["backbone"], f"{c['labeled']:g}", str(c["fold"]),
+            run.run_id, c["ssl"], c["generator"], c["backbone"], f"{c['labeled']:g}", str(c["fold"]),
             str(c["draw"]), str(c["seed"]), str(c["train"]["iterations"]), state,
         )  # fmt: skip
     return table, todo
