@@ -307,13 +307,14 @@ def execute(
     registry = registry or get_registry()
     spec, cfg = run.spec, run.config
     run_dir = Path(out_dir) / run.name
-    previous = read_run(run_dir)
-    if previous and previous.get("status") == "done":
-        if previous.get("versions", {}).get("segbench") != __version__:
-            log(f"note: {run.name} was made by segbench {previous.get('versions', {}).get('segbench')}")
-        log(f"{run.name}: done already, skipped")
-        return run_dir
-    with run_lock(run_dir):
+    with run_lock(run_dir):  # checked under the lock: another process may have just finished it
+        previous = read_run(run_dir)
+        if previous and previous.get("status") == "done":
+            made_by = previous.get("versions", {}).get("segbench")
+            if made_by != __version__:
+                log(f"warning: {run.name} was made by segbench {made_by}, this is {__version__}")
+            log(f"{run.name}: done already, skipped")
+            return run_dir
         device = resolve_device(device_name)
         seed_everything(spec.seed, spec.deterministic)
         if spec.deterministic:

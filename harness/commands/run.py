@@ -12,8 +12,28 @@ from rich.table import Table
 from harness.device import resolve_device
 from harness.grid import expand, load_suite, split_list
 from harness.presets import resolve_preset
-from harness.results import read_run
+from harness.results import RunLockedError, read_run, run_dirs
 from harness.runner import ResolvedRun, execute
+
+
+def _eta_seconds(runs: list[ResolvedRun], out: Path) -> float | None:
+    """Training time of the runs still to do, from finished runs of the same method and preset in ``out``."""
+    speed: dict[tuple[str, str, int], float] = {}
+    for run_dir in run_dirs(out) if out.exists() else []:
+        record = read_run(run_dir) or {}
+        if record.get("status") == "done" and record.get("train", {}).get("iterations_per_second"):
+            c = record["config"]
+            speed[(c["ssl"], c["preset"], c["image_size"])] = record["train"]["iterations_per_second"]
+    total = 0.0
+    for run in runs:
+        c = run.config
+        if (read_run(out / run.name) or {}).get("status") == "done":
+            continue
+        its = speed.get((c["ssl"], c["preset"], c["image_size"]))
+        if its is None:
+            return None
+        total += c["train"]["iterations"] / its
+    return total
 
 
 def _plan_table(runs: list[ResolvedRun], out: Path) -> tuple[Table, int]:
@@ -133,13 +153,26 @@ def run(
         runs = expand(base, axes, set_ or [])
     table, todo = _plan_table(runs, out)
     console.print(table)
+    eta = _eta_seconds(runs, out)
+    console.print(
+        f"{todo} of {len(runs)} run(s) to train; ETA "
+        + (f"{eta / 60:.0f} min of training" if eta is not None else "unknown (no finished run of these kinds yet)")
+    )
     if dry_run:
-        console.print(f"{todo} of {len(runs)} run(s) to train; --dry-run: stopping here")
+        console.print("--dry-run: stopping here")
         return
+    busy = []
     for i, resolved in enumerate(runs, 1):
         console.rule(f"run {i}/{len(runs)}: {resolved.name}")
-        run_dir = execute(resolved, out, log=console.print, show_progress=not quiet, device_name=device)
+        try:
+            run_dir = execute(resolved, out, log=console.print, show_progress=not quiet, device_name=device)
+        except RunLockedError as exc:  # another process trains it: go on with the rest of the grid
+            console.print(f"[yellow]{exc}[/yellow]")
+            busy.append(resolved.name)
+            continue
         console.print(f"results: {run_dir}")
+    if busy:
+        console.print(f"{len(busy)} run(s) were being trained by another process; rerun later to pick them up")
 
 
 def register(app: typer.Typer) -> None:

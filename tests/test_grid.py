@@ -1,0 +1,102 @@
+"""Grid expansion, suite files, run identity and run-level validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from harness.config import ConfigError
+from harness.grid import expand, load_suite
+from harness.runner import RunSpec, resolve
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def test_supervised_with_a_generator_runs_once():
+    runs = expand({"preset": "quick"}, {"ssl": ["supervised", "mgcc"], "generator": ["ldm", "none"]}, [])
+    labels = sorted((r.config["ssl"], r.config["generator"]) for r in runs)
+    assert labels == [("mgcc", "ldm"), ("mgcc", "none"), ("supervised", "none")]
+
+
+def test_axes_multiply_and_folds_default_to_the_preset():
+    runs = expand({"preset": "quick"}, {"ssl": ["cct"], "labeled": ["0.125", "0.5"], "seed": ["0", "1"]}, [])
+    assert len(runs) == 4 and {r.config["fold"] for r in runs} == {0}
+    paper = expand({"preset": "paper"}, {"ssl": ["supervised"]}, [])
+    assert sorted(r.config["fold"] for r in paper) == [0, 1, 2, 3, 4]
+
+
+def test_run_identity_is_the_resolved_configuration():
+    a = resolve(RunSpec(ssl="mgcc", preset="quick"))
+    b = resolve(RunSpec(ssl="mgcc", preset="quick", overrides={"mgcc": {"consistency": "7"}}))
+    c = resolve(RunSpec(ssl="mgcc", preset="quick", overrides={"mgcc": {"consistency": "0.1"}}))
+    assert a.run_id == b.run_id != c.run_id
+    assert c.config["method_params"]["consistency"] == 0.1
+
+
+def test_presets_reach_component_parameters():
+    quick = resolve(RunSpec(ssl="mgcc", backbone="cmunet", preset="quick"))
+    paper = resolve(RunSpec(ssl="mgcc", backbone="cmunet", preset="paper"))
+    assert quick.config["backbone_params"]["dim_mult"] == 1 and paper.config["backbone_params"]["dim_mult"] == 4
+    assert paper.settings.iterations == 20000 and paper.settings.ramp_horizon == "published"
+    assert quick.settings.ramp_horizon == "scaled" and quick.image_size == 64
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (RunSpec(labeled=1.5), "labeled fraction"),
+        (RunSpec(ssl="mgcc", overrides={"mgcc": {"consistancy": "1"}}), "no parameter 'consistancy'"),
+        (RunSpec(overrides={"": {"learning_rate": "1"}}), "not a run setting"),
+        (RunSpec(ssl="fixmatchh"), "unknown ssl method"),
+        (RunSpec(precision="fp16"), "bf16 or fp32"),
+        (RunSpec(n_synthetic="many"), "n-synthetic"),
+    ],
+)
+def test_bad_configuration_fails_before_training(spec, message):
+    with pytest.raises(Exception, match=message):
+        resolve(spec)
+
+
+def test_every_shipped_suite_expands(tmp_path):
+    for suite in sorted(BENCHMARKS.glob("*.toml")):
+        runs = []
+        for base, axes, overrides in load_suite(suite, {}, []):
+            runs += expand(base, axes, overrides)
+        assert runs, suite
+    quick = [r for b, a, o in load_suite(BENCHMARKS / "phantom-quick.toml", {}, []) for r in expand(b, a, o)]
+    assert len(quick) <= 6
+
+
+def test_paper_suite_has_the_fairness_rows():
+    runs = [r for b, a, o in load_suite(BENCHMARKS / "busi-paper.toml", {}, []) for r in expand(b, a, o)]
+    configs = [r.config for r in runs]
+    assert any(c["ssl"] == "cct" and c["method_params"]["consistency"] == 7 for c in configs)
+    assert any(c["ssl"] == "mgcc" and c["method_params"]["consistency"] == 0.1 for c in configs)
+    assert any(c["ssl"] == "supervised" and c["backbone"] == "cmunet" for c in configs)
+    assert any(c["labeled"] == 1.0 and c["unlabeled"] == "synthetic" and c["generator"] == "ldm" for c in configs)
+    assert any(c["n_synthetic"] == "unlabeled" for c in configs)
+
+
+def test_suite_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[defaults\n")
+    with pytest.raises(ConfigError, match="bad.toml"):
+        load_suite(bad, {}, [])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_suite(tmp_path / "missing.toml", {}, [])
+
+
+def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path):
+    from harness.cli import app, build_app
+
+    build_app([])
+    out = tmp_path / "runs"
+    result = CliRunner().invoke(
+        app, ["run", "--suite", str(BENCHMARKS / "busi-paper.toml"), "--dry-run", "--out", str(out)],
+        terminal_width=200,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "--dry-run: stopping here" in result.output and "run(s) to train" in result.output
+    assert not out.exists()
