@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from harness.errors import UserError
+
 Features = list[torch.Tensor]
 
 
@@ -44,8 +46,8 @@ class Backbone(nn.Module, ABC):
     Params: ClassVar[type] = NoParams
     #: per run preset (quick/medium/paper) parameter values that replace the Params defaults
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
-    #: input height and width must be multiples of this
-    divisor: ClassVar[int] = 16
+    #: input height and width must be multiples of this (an instance may set its own)
+    divisor: int = 16
 
     encoder: nn.Module
     context: nn.ModuleList
@@ -70,11 +72,15 @@ class Backbone(nn.Module, ABC):
         return self.decoder(self.apply_context(self.encode(x)))
 
 
+class InputSizeError(UserError, ValueError):
+    """The input size cannot be divided by the backbone's down-sampling factor."""
+
+
 def check_input_size(x: torch.Tensor, divisor: int, who: str) -> None:
     """Raise a clear error when the spatial size of ``x`` is not a multiple of ``divisor``."""
     h, w = x.shape[-2:]
     if h % divisor or w % divisor:
-        raise ValueError(
+        raise InputSizeError(
             f"{who} needs input height and width divisible by {divisor}, got {h}x{w}; "
             f"choose an image size that is a multiple of {divisor}, e.g. {max(divisor, h // divisor * divisor)}"
         )

@@ -1,0 +1,63 @@
+"""``unet``: the plain U-Net (double 3x3 conv + BN + ReLU, 2x2 max-pool, up-sampling + conv, skips).
+
+``width`` 16 gives the SSL4MIS-sized 16-256 channel U-Net, ``width`` 64 the 64-1024 U-Net of the
+MGCC paper's baselines. ``context_lengths`` optionally adds ConvMixer blocks at the bottleneck so
+that multi-level methods (MGCC) can run on a U-Net too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from torch import nn
+
+from harness.api import Backbone
+from harness.hookspecs import hookimpl
+from plugins.backbones.blocks import UNetDecoder, UNetEncoder, context_blocks
+
+
+@dataclass
+class UNetParams:
+    """Plain U-Net settings: base width (channels double at each of the 5 levels) and optional context."""
+
+    width: int = 16
+    context_lengths: tuple[int, ...] = ()
+    kernel: int = 7
+
+    def __post_init__(self) -> None:
+        if self.width < 1:
+            raise ValueError(f"width must be >= 1, got {self.width}")
+        if any(n < 1 for n in self.context_lengths):
+            raise ValueError(f"every context block length must be >= 1, got {self.context_lengths}")
+        if self.kernel < 1 or self.kernel % 2 == 0:
+            raise ValueError(f"kernel must be a positive odd number, got {self.kernel}")
+
+
+class UNet(Backbone):
+    """U-Net with 5 levels (4 poolings); decoders without attention gates."""
+
+    Params = UNetParams
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "quick": {"width": 16},
+        "medium": {"width": 32},
+        "paper": {"width": 64},
+    }
+    divisor: ClassVar[int] = 16
+
+    def __init__(self, in_channels: int, out_channels: int, params: UNetParams | None = None) -> None:
+        super().__init__()
+        self.params = params = params or UNetParams()
+        self.out_channels = out_channels
+        self.widths = [params.width * 2**i for i in range(5)]
+        self.encoder = UNetEncoder(in_channels, self.widths)
+        self.context = context_blocks(self.widths[-1], params.context_lengths, params.kernel)
+        self.decoder = self.new_decoder()
+
+    def new_decoder(self) -> nn.Module:
+        return UNetDecoder(self.widths, self.out_channels, gates=False)
+
+
+@hookimpl
+def register_backbones(register) -> None:
+    register("unet", UNet)
