@@ -3,7 +3,7 @@
 Figures are drawn on :class:`matplotlib.figure.Figure` objects (Agg canvas), never through pyplot,
 so importing this module changes no global backend. :func:`plot_all` is what ``bench plot`` runs.
 The qualitative grid needs predictions: it rebuilds each run's network from its run.json and
-checkpoint with the runner's building blocks and predicts a few test images.
+checkpoint (:func:`harness.inference.load_run_network`) and predicts a few test images.
 """
 
 from __future__ import annotations
@@ -292,34 +292,6 @@ def choose_images(frame: pd.DataFrame, runs: dict[str, str], n: int) -> list[str
     return picks + empty[: n - len(picks)]
 
 
-def _load_network(run: dict[str, Any], run_dir: Path, checkpoint: str, device: Any) -> Any:
-    """The run's inference network with its checkpoint loaded, in eval mode, and its predictor."""
-    import torch
-
-    from harness.config import build_params
-    from harness.device import autocast_factory
-    from harness.engine import make_predictor
-    from harness.normalize import Normaliser
-    from harness.plugins import get_registry
-
-    cfg = run["config"]
-    registry = get_registry()
-    method_cls = registry.get("ssl_method", cfg["ssl"])
-    backbone_cls = registry.get("backbone", cfg["backbone"])
-    method_params = build_params(getattr(method_cls, "Params", None), cfg.get("method_params") or {}, cfg["ssl"])
-    backbone_params = build_params(
-        getattr(backbone_cls, "Params", None), cfg.get("backbone_params") or {}, cfg["backbone"]
-    )
-    method = method_cls(lambda: backbone_cls(cfg["in_channels"], 1, backbone_params), method_params)
-    path = run_dir / "checkpoints" / f"{checkpoint}.pt"
-    state = torch.load(path, map_location=device, weights_only=True)
-    method.load_state_dict(state["method"])
-    method.to(device).eval()
-    normaliser = Normaliser(**run["normalisation"])
-    autocast = autocast_factory(device, cfg.get("train", {}).get("precision", "fp32"))
-    return make_predictor(method.inference_network(), normaliser, autocast, False)
-
-
 def predict_samples(
     frame: pd.DataFrame,
     runs: dict[str, str],
@@ -333,6 +305,7 @@ def predict_samples(
     import torch
 
     from harness.device import resolve_device
+    from harness.inference import load_run_network
 
     torch_device = resolve_device(device)
     datasets = {} if datasets is None else datasets
@@ -351,7 +324,7 @@ def predict_samples(
         if recorded and dataset.fingerprint != recorded:
             raise PlotError(f"dataset {cfg['data']} changed since run {run_name} was trained (fingerprint differs)")
         index = dataset.index(ids)
-        predict = _load_network(run, run_dir, checkpoint, torch_device)
+        predict = load_run_network(run_dir, checkpoint, torch_device).predictor()
         with torch.no_grad():
             logits = predict(dataset.images[torch.as_tensor(index)].to(torch_device)).float().cpu()
         scores = frame[(frame["run"] == run_name) & frame["id"].isin(ids)].set_index("id")["dice"]

@@ -393,6 +393,9 @@ def _train_and_evaluate(
         "n_val": len(parts.val),
         "n_test": len(parts.test),
         "labeled_ids_sha256": _sha256_ids(parts.labeled),
+        "resize": dataset.options.get("resize"),
+        "mask_threshold": dataset.options.get("mask_threshold"),
+        "spacing": dataset.spacing,
         "load_seconds": round(time.perf_counter() - t0, 3),
     }
     lab_idx = dataset.index(parts.labeled)
