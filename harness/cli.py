@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from harness.errors import UserError
-from harness.plugins import add_plugin_files, get_registry
+from harness.plugins import add_plugin_commands, add_plugin_files, get_registry
 
 app = typer.Typer(
     name="bench",
@@ -63,7 +63,7 @@ def build_app(argv: list[str] | None = None) -> typer.Typer:
         module.register(app)
     registry = get_registry()
     _warn_plugin_problems()
-    registry.manager.hook.register_commands(app=app)
+    add_plugin_commands(registry, app, lambda message: typer.secho(f"warning: {message}", fg="yellow", err=True))
     return app
 
 

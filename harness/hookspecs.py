@@ -55,5 +55,14 @@ def register_datasets(register: Register) -> None:
 
 
 @hookspec
+def register_executors(register: Register) -> None:
+    """Register executors, the engines that train a grid's runs: ``register("slurm", SlurmExecutor)``.
+
+    An executor class subclasses :class:`harness.executors.Executor`, declares ``Params`` (its options,
+    filled from ``bench run --exec-set KEY=VALUE``) and implements ``submit(request) -> Report``.
+    """
+
+
+@hookspec
 def register_commands(app: Any) -> None:
     """Add sub-commands to the ``bench`` typer application ``app``."""

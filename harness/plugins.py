@@ -34,6 +34,7 @@ KIND_HOOKS: dict[str, str] = {
     "ssl_method": "register_ssl_methods",
     "generator": "register_generators",
     "dataset": "register_datasets",
+    "executor": "register_executors",
 }
 KNOWN_HOOKS = frozenset([*KIND_HOOKS.values(), "register_commands"])
 
@@ -111,9 +112,7 @@ def _env_list(env: Mapping[str, str], key: str) -> set[str] | None:
 def _hook_names(plugin: object) -> list[str]:
     """Names of the attributes of ``plugin`` marked with ``@hookimpl``."""
     marker = f"{hookspecs.PROJECT}_impl"
-    return sorted(
-        name for name in dir(plugin) if not name.startswith("_") and hasattr(getattr(plugin, name), marker)
-    )
+    return sorted(name for name in dir(plugin) if not name.startswith("_") and hasattr(getattr(plugin, name), marker))
 
 
 def _load_file_plugin(path: Path) -> ModuleType:
@@ -125,7 +124,11 @@ def _load_file_plugin(path: Path) -> ModuleType:
         raise PluginError(f"cannot import plugin file {path}: not a Python module")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(module_name, None)  # leave no half-imported module behind
+        raise
     return module
 
 
@@ -167,7 +170,10 @@ def build_registry(
             )
             fail(info, f"implements unknown hook {described}; known hooks: {', '.join(sorted(KNOWN_HOOKS))}")
             return
-        manager.register(plugin, name=info.name)
+        try:
+            manager.register(plugin, name=info.name)
+        except pluggy.PluginValidationError as exc:
+            fail(info, f"hook signature does not match segbench's hookspecs: {exc}")
 
     eps = list(md.entry_points(group=ENTRY_POINT_GROUP)) if entry_points is None else list(entry_points)
     for ep in sorted(eps, key=lambda e: e.name):
@@ -197,7 +203,8 @@ def build_registry(
         add(PluginInfo(name=name, distribution="(inline)", module=getattr(plugin, "__name__", repr(plugin))), plugin)
     for path in plugin_files:
         path = Path(path)
-        info = PluginInfo(name=path.stem, distribution="(file)", module=str(path))
+        name = path.stem if path.stem not in infos else str(path)
+        info = PluginInfo(name=name, distribution="(file)", module=str(path))
         try:
             plugin = _load_file_plugin(path)
         except PluginError:
@@ -212,7 +219,7 @@ def build_registry(
     owners: dict[tuple[str, str], str] = {}
     for kind, hook_name in KIND_HOOKS.items():
         hook = getattr(manager.hook, hook_name)
-        for impl in reversed(hook.get_hookimpls()):  # registration order
+        for impl in hook.get_hookimpls():  # registration order: the first plugin keeps a contested name
             info = infos[impl.plugin_name]
             if info.status != "loaded":
                 continue
@@ -264,3 +271,22 @@ def get_registry() -> Registry:
     if _REGISTRY is None:
         _REGISTRY = build_registry(plugin_files=_PLUGIN_FILES)
     return _REGISTRY
+
+
+def add_plugin_commands(registry: Registry, app: Any, warn: Any) -> None:
+    """Call every plugin's ``register_commands(app)``; one that raises is reported, not fatal.
+
+    ``warn(message)`` reports a failure; with ``SEGBENCH_STRICT_PLUGINS=1`` it is raised instead.
+    """
+    strict = os.environ.get("SEGBENCH_STRICT_PLUGINS", "") not in ("", "0", "false", "no")
+    for impl in registry.manager.hook.register_commands.get_hookimpls():
+        try:
+            impl.function(app=app)
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the CLI
+            message = f"plugin {impl.plugin_name!r} failed: register_commands raised {type(exc).__name__}: {exc}"
+            info = registry.plugins.get(impl.plugin_name)
+            if info is not None:
+                info.status, info.error = "failed", message
+            if strict:
+                raise PluginError(message) from exc
+            warn(message)

@@ -112,7 +112,7 @@ def test_duplicate_component_names_name_both_plugins(fake_entry_points):
     )
     registry = build_registry(entry_points=eps, env={})
     failed = [p for p in registry.plugins.values() if p.status == "failed"]
-    assert len(failed) == 1
+    assert [p.name for p in failed] == ["second"]  # the first registration keeps the name
     assert "'first'" in failed[0].error and "'second'" in failed[0].error
     assert registry.get("backbone", "same") is _FakeBackbone
     with pytest.raises(PluginError, match="first"):
@@ -147,3 +147,32 @@ def test_broken_distribution_does_not_break_the_cli(tmp_path, monkeypatch):
     assert "brokenplug_missing_module" in rows["brokenplug"]["error"]
     assert rows["mgcc"]["status"] == "loaded"
     monkeypatch.setattr(plugins_module, "_REGISTRY", None)
+
+
+def test_hook_with_a_wrong_signature_is_reported_not_fatal(fake_entry_points):
+    @hookimpl
+    def register_backbones(reg):  # the hookspec's argument is called `register`
+        reg("x", object)
+
+    eps = fake_entry_points(badsig=_module("segbench_test_badsig", register_backbones=register_backbones))
+    registry = build_registry(entry_points=eps, env={})
+    assert registry.plugins["badsig"].status == "failed"
+    assert "signature" in registry.plugins["badsig"].error
+
+
+def test_a_failing_register_commands_does_not_break_the_cli():
+    import typer
+
+    from harness.plugins import add_plugin_commands
+
+    @hookimpl
+    def register_commands(app):
+        raise RuntimeError("boom")
+
+    registry = build_registry(
+        entry_points=[], extra_plugins=[("cmds", _module("m2", register_commands=register_commands))], env={}
+    )
+    warnings: list[str] = []
+    add_plugin_commands(registry, typer.Typer(), warnings.append)
+    assert warnings and "'cmds'" in warnings[0] and "boom" in warnings[0]
+    assert registry.plugins["cmds"].status == "failed"
