@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.api import Batch, SegDataset, SSLMethod, StepContext
+from harness import distributed
+from harness.api import Batch, SegDataset, SSLMethod, StepContext, StepOutput
 from harness.augment import DeviceAugmenter
 from harness.device import autocast_factory, rng_state, set_rng_state
 from harness.errors import UserError
@@ -143,6 +144,14 @@ class Trainer:
         show_progress: bool = True,
         describe_step: Callable[[dict[str, float]], None] | None = None,
     ) -> None:
+        self.dist = distributed.current()
+        self.writer = distributed.is_writer()  # only rank 0 of a distributed run writes files
+        if self.dist is not None:
+            distributed.check_batch_split(
+                settings.labeled_batch, settings.unlabeled_batch, method.uses_unlabeled, self.dist
+            )
+            if self.dist.rank == 0:
+                distributed.send_inputs(data, normaliser)
         self.method = method.to(device)
         self.s = settings
         self.data = data
@@ -158,8 +167,11 @@ class Trainer:
         self.loss_fn = SUPERVISED_LOSSES[settings.loss]
         if settings.channels_last:
             self.method.to(memory_format=torch.channels_last)
-        self.generator = torch.Generator(device=device).manual_seed(settings.seed)
+        self.generator = torch.Generator(device=device).manual_seed(distributed.rank_seed(settings.seed, self.dist))
         self.augment = DeviceAugmenter(self.generator)
+        self._step: Callable[[Batch, StepContext], StepOutput] = self.method.train_step
+        if self.dist is not None:
+            self.method, self._step = distributed.wrap_method(self.method, self.dist)
         self.optimizers = [
             torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
             for groups in method.optimizer_groups()
@@ -194,12 +206,16 @@ class Trainer:
         """The labeled and unlabeled batch of ``step`` (augmented, normalised, on the device)."""
         d = self.data
         idx = self.lab_stream.take(step, self.s.labeled_batch)
+        if self.dist is not None:
+            idx = distributed.local_slice(idx, self.dist)
         images = d.labeled_images.index_select(0, idx).float()
         masks = d.labeled_masks.index_select(0, idx).float()
         images, masks = self.augment.geometric(images, masks)
         unl_raw = images.new_zeros((0, *images.shape[1:]))
         if self.unl_stream is not None:
             uidx = self.unl_stream.take(step, self.s.unlabeled_batch)
+            if self.dist is not None:
+                uidx = distributed.local_slice(uidx, self.dist)
             unl_raw, _ = self.augment.geometric(d.unlabeled_images.index_select(0, uidx).float())
         return Batch(
             labeled_images=self._prepare(images),
@@ -211,7 +227,7 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def _full_state(self, step: int) -> dict[str, Any]:
-        return {
+        state = {
             "step": step,
             "method": self.method.state_dict(),
             "optimizers": [opt.state_dict() for opt in self.optimizers],
@@ -219,12 +235,20 @@ class Trainer:
             "best_score": self.best_score,
             "best_step": self.best_step,
         }
+        if self.dist is not None:  # every rank's RNG streams, so that a resumed distributed run continues exactly
+            state["rng_ranks"] = distributed.gather_objects(state["rng"])
+        return state
 
     def save_latest(self, step: int) -> None:
+        state = self._full_state(step)  # collective in a distributed run: every rank calls it
+        if not self.writer:
+            return
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        atomic_torch_save(self._full_state(step), self.ckpt_dir / "latest.pt")
+        atomic_torch_save(state, self.ckpt_dir / "latest.pt")
 
     def _save_weights(self, name: str, step: int, score: float) -> None:
+        if not self.writer:
+            return
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         atomic_torch_save({"step": step, "score": score, "method": self.method.state_dict()}, self.ckpt_dir / name)
 
@@ -237,10 +261,19 @@ class Trainer:
         self.method.load_state_dict(state["method"])
         for opt, opt_state in zip(self.optimizers, state["optimizers"], strict=True):
             opt.load_state_dict(opt_state)
-        set_rng_state(state["rng"], self.generator)
+        rng = state["rng"]
+        if self.dist is not None:
+            ranks = state.get("rng_ranks") or []
+            # a checkpoint of another world size continues with fresh streams on the ranks it lacks
+            if len(ranks) == self.dist.world_size:
+                rng = ranks[self.dist.rank]
+            elif self.dist.rank != 0:
+                rng = None
+        if rng is not None:
+            set_rng_state(rng, self.generator)
         self.best_score, self.best_step = state["best_score"], state["best_step"]
         self.start_step = self.resumed_from = int(state["step"]) + 1
-        if self.curves_path.exists():
+        if self.writer and self.curves_path.exists():
             kept = [
                 line
                 for line in self.curves_path.read_text().splitlines()
@@ -281,19 +314,22 @@ class Trainer:
         return value
 
     def _write_curves(self, rows: list[dict[str, Any]]) -> None:
+        if not self.writer:
+            return
         with self.curves_path.open("a") as fh:
             for row in rows:
                 fh.write(json.dumps(row) + "\n")
 
     def train(self) -> TrainResult:
         s = self.s
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.writer:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         self.try_resume()
         self.method.train()
         window: list[tuple[int, float, torch.Tensor, dict[str, torch.Tensor]]] = []
         last_val: dict[str, float] = {}
         t0 = time.perf_counter()
-        progress = _Progress(s.iterations, self.start_step, enabled=self.show_progress)
+        progress = _Progress(s.iterations, self.start_step, enabled=self.show_progress and self.writer)
         lr = s.lr
         for step in range(self.start_step, s.iterations):
             lr = poly_lr(s.lr, step, s.iterations, s.poly_power)
@@ -301,7 +337,7 @@ class Trainer:
                 for group in opt.param_groups:
                     group["lr"] = lr * group.get("lr_scale", 1.0)
             ctx = self._context(step)
-            out = self.method.train_step(self.batch(step), ctx)
+            out = self._step(self.batch(step), ctx)
             for opt in self.optimizers:
                 opt.zero_grad(set_to_none=True)
             out.loss.backward()
@@ -318,7 +354,7 @@ class Trainer:
                 rows = self._flush(window)
                 window = []
                 progress.update(step + 1, rows[-1], last_val)
-            if (step + 1) % s.val_every == 0 or last:
+            if ((step + 1) % s.val_every == 0 or last) and self.writer:
                 last_val = self.validate()
                 score = self._selection_score(last_val)
                 if score > self.best_score:
@@ -334,6 +370,15 @@ class Trainer:
         self._save_weights("last.pt", s.iterations - 1, self.best_score)
         self.save_latest(s.iterations - 1)
         per_step = s.labeled_batch + (s.unlabeled_batch if self.unl_stream is not None else 0)
+        extra: dict[str, Any] = {}
+        if self.device.type == "cuda":
+            extra["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 3)
+        if self.dist is not None:
+            extra.update(
+                world_size=self.dist.world_size,
+                sync_batchnorm=self.dist.sync_bn,
+                replicas_identical=distributed.parameters_identical(self.method),
+            )
         ips = done / seconds if seconds > 0 and done else 0.0
         return TrainResult(
             steps=s.iterations,
@@ -347,26 +392,20 @@ class Trainer:
                 ramp_progress(s.iterations - 1, s.iterations, s.ramp_horizon, s.ramp_fraction)  # type: ignore[arg-type]
             ),
             resumed_from=self.resumed_from,
-            extra=(
-                {"peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated(self.device) / 2**30, 3)}
-                if self.device.type == "cuda"
-                else {}
-            ),
+            extra=extra,
         )
 
     def _flush(self, window: list[tuple[int, float, torch.Tensor, dict[str, torch.Tensor]]]) -> list[dict]:
         """One host sync per logging window: write the curves, stop on a non-finite loss."""
         keys = sorted({k for *_, logs in window for k in logs})
-        stacked = (
-            torch.stack(
-                [
-                    torch.stack([loss, *[logs.get(k, torch.tensor(math.nan)).to(loss.device) for k in keys]])
-                    for _, _, loss, logs in window
-                ]
-            )
-            .cpu()
-            .tolist()
+        stacked = torch.stack(
+            [
+                torch.stack([loss, *[logs.get(k, torch.tensor(math.nan)).to(loss.device) for k in keys]])
+                for _, _, loss, logs in window
+            ]
         )
+        # a distributed run logs the mean over ranks: the loss of the global batch
+        stacked = distributed.mean_over_ranks(stacked).cpu().tolist()
         rows = []
         for (step, lr, _, _), values in zip(window, stacked, strict=True):
             row = {"step": step, "lr": lr, "loss": values[0], **dict(zip(keys, values[1:], strict=True))}

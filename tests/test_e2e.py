@@ -111,3 +111,23 @@ def test_two_processes_share_one_results_directory(tmp_path):
     # a run is trained by one process only: the other skipped it (locked or done)
     trained = sum(o.count("trained 20 iterations") for o in outputs)
     assert trained == 4, outputs
+
+
+def test_ldm_is_fitted_once_per_fold_and_reused_by_a_second_method(tmp_path):
+    """`--generator ldm` with two methods: the second run's log says the fold's generator is cached."""
+    tiny_ldm = [
+        "--set", "ldm.ae_channels=8,16", "--set", "ldm.ae_norm_groups=4", "--set", "ldm.ae_steps=10",
+        "--set", "ldm.unet_channels=16,32", "--set", "ldm.unet_norm_groups=8", "--set", "ldm.unet_steps=10",
+        "--set", "ldm.sample_steps=3", "--n-synthetic", "8",
+    ]  # fmt: skip
+    out = tmp_path / "runs"
+    result = _bench(
+        ["run", *TINY, "--ssl", "mgcc,cct", "--generator", "ldm", "--iterations", "10", *tiny_ldm, "--out", str(out)],
+        tmp_path,
+    )
+    assert result.stdout.count("cached") >= 1, result.stdout[-3000:]
+    records = [json.loads(p.read_text()) for p in out.glob("*/run.json")]
+    assert len(records) == 2 and all(r["status"] == "done" for r in records)
+    keys = {r["generator"]["cache_key"] for r in records}
+    assert len(keys) == 1 and [r["generator"]["cached"] for r in records].count(True) == 1
+    assert all(r["data"]["n_unlabeled_total"] == r["data"]["n_unlabeled_real"] + 8 for r in records)

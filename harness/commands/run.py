@@ -9,11 +9,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from harness import distributed
 from harness.device import resolve_device
+from harness.executors import Request, build_executor, executor_options, finish
 from harness.grid import expand, load_suite, split_list
 from harness.presets import resolve_preset
-from harness.results import RunLockedError, read_run, run_dirs
-from harness.runner import ResolvedRun, execute
+from harness.results import read_run, run_dirs
+from harness.runner import ResolvedRun
 
 
 def _eta_seconds(runs: list[ResolvedRun], out: Path) -> float | None:
@@ -93,9 +95,24 @@ def run(
     deterministic: bool = typer.Option(None, "--deterministic/--no-deterministic", help="Deterministic kernels."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and stop."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    executor: str = typer.Option("local", "--executor", help="Where runs train: local, slurm or a plugin's executor."),
+    jobs: int = typer.Option(None, "--jobs", help="local: runs trained at once, each in its own process (and GPU)."),
+    gpus: int = typer.Option(1, "--gpus", min=1, help="Processes (GPUs) per run; > 1 trains each run with DDP."),
+    sync_bn: bool = typer.Option(None, "--sync-bn/--no-sync-bn", help="SyncBatchNorm with --gpus > 1 (default: CUDA)."),
+    wait: bool = typer.Option(False, "--wait", help="Block until submitted runs have finished (slurm)."),
+    slurm_partition: str = typer.Option(None, "--slurm-partition", help="slurm: partition to submit to."),
+    slurm_gpus_per_job: int = typer.Option(None, "--slurm-gpus-per-job", help="slurm: GPUs per job (default --gpus)."),
+    slurm_cpus_per_job: int = typer.Option(None, "--slurm-cpus-per-job", help="slurm: CPUs per job."),
+    slurm_time: str = typer.Option(None, "--slurm-time", help="slurm: time limit per attempt, e.g. 4:00:00."),
+    slurm_mem: str = typer.Option(None, "--slurm-mem", help="slurm: memory per job, e.g. 32G."),
+    slurm_extra: str = typer.Option(None, "--slurm-extra", help="slurm: more sbatch options, e.g. '--qos=high'."),
+    exec_set: list[str] = typer.Option(None, "--exec-set", help="KEY=VALUE option of the executor (docs/scaling.md)."),
 ) -> None:
     """Train and evaluate every run of a grid; finished runs are skipped, interrupted ones resume."""
-    console = Console()
+    console = Console(quiet=not distributed.env_rank_zero())  # under torchrun, rank 0 speaks for all
+    slurm = {"partition": slurm_partition, "gpus_per_job": slurm_gpus_per_job, "cpus_per_job": slurm_cpus_per_job,
+             "time": slurm_time, "mem": slurm_mem, "extra": slurm_extra}  # fmt: skip
+    runner = build_executor(executor, executor_options(executor, jobs, slurm, exec_set))
     cuda = resolve_device(device).type == "cuda"
     base: dict[str, Any] = {
         "data": data,
@@ -161,18 +178,8 @@ def run(
     if dry_run:
         console.print("--dry-run: stopping here")
         return
-    busy = []
-    for i, resolved in enumerate(runs, 1):
-        console.rule(f"run {i}/{len(runs)}: {resolved.name}")
-        try:
-            run_dir = execute(resolved, out, log=console.print, show_progress=not quiet, device_name=device)
-        except RunLockedError as exc:  # another process trains it: go on with the rest of the grid
-            console.print(f"[yellow]{exc}[/yellow]")
-            busy.append(resolved.name)
-            continue
-        console.print(f"results: {run_dir}")
-    if busy:
-        console.print(f"{len(busy)} run(s) were being trained by another process; rerun later to pick them up")
+    request = Request(runs, out, device, gpus, sync_bn, wait, show_progress=not quiet, log=console.print)
+    finish(runner.submit(request), out, console.print)
 
 
 def register(app: typer.Typer) -> None:

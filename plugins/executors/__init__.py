@@ -1,0 +1,1 @@
+"""Built-in executors that hand runs to another engine (Slurm through submitit)."""
