@@ -5,7 +5,7 @@ Cache layout under ``cache_root``::
     <name>-<key[:16]>/
         fit.json                 key material, params, fit facts, checkpoint sha256
         model/                   what the generator's save() wrote
-        samples-n<N>-s<seed>-<sampling key[:12]>.pt   uint8 N x 1 x S x S
+        samples-n<N>-s<seed>-<sampling key[:12]>.pt   uint8 N x 1 x S x S (+ .json: sampling time)
 
 The fit key is made of the generator's name and class, its cache version, its parameters (minus
 the sampling-only ones it declares in ``SAMPLING_FIELDS``), its seed, the image size and the
@@ -250,10 +250,12 @@ def synthetic_pool(
     skip = sampling_fields(generator_cls)
     sampling = {k: v for k, v in params_dict(params).items() if k in skip}
     sample_path = directory / f"samples-n{n}-s{seed}-{_sha256_json(sampling)[:12]}.pt"
+    timing_path = sample_path.with_suffix(".json")
     if sample_path.is_file():
         samples = torch.load(sample_path, weights_only=True)
         log(f"generator {name}: {n} samples cached ({sample_path.name})")
-        samples_cached, seconds = True, None
+        samples_cached = True
+        seconds = json.loads(timing_path.read_text()).get("sample_seconds") if timing_path.is_file() else None
     else:
         start = time.perf_counter()
         samples = generator.sample(n, seed)
@@ -263,6 +265,7 @@ def synthetic_pool(
                 f"generator {name} returned {tuple(samples.shape)} {samples.dtype}, expected {n} x 1 x "
                 f"{image_size} x {image_size} uint8"
             )
+        _atomic_json(timing_path, {"sample_seconds": seconds, "n": n, "seed": seed, "sampling_params": sampling})
         _atomic_tensor(sample_path, samples.cpu())
         samples_cached = False
         log(f"generator {name}: sampled {n} images in {seconds:.1f} s")

@@ -100,7 +100,10 @@ def _table(report: dict[str, Any]) -> Table:
     fit = report["fit"]
     table.add_row("fit time (s)", f"{fit.get('fit_seconds', float('nan')):.1f}", "cached" if report["cached"] else "")
     per_image = report["sample_seconds_per_image"]
-    table.add_row("sampling time per image (s)", "cached" if per_image is None else f"{per_image:.4f}", "")
+    table.add_row(
+        "sampling time per image (s)", "—" if per_image is None else f"{per_image:.4f}",
+        "cached" if report["samples_cached"] else "",
+    )  # fmt: skip
     for key in ("autoencoder_parameters", "denoiser_parameters"):
         if key in report["describe"]:
             table.add_row(key.replace("_", " "), f"{report['describe'][key]:,}", "")
@@ -230,6 +233,7 @@ def generate(
         "uses_extra_labels": info["uses_extra_labels"],
         "fit": {k: v for k, v in info["fit"].items() if not k.endswith("_curve")},
         "sample_seconds_per_image": info["sample_seconds_per_image"],
+        "samples_cached": info["samples_cached"],
         "describe": info["describe"],
         "memorisation": mem_dict,
         "fidelity": fidelity,
