@@ -187,7 +187,12 @@ class SSLMethod(nn.Module, ABC):
 
 
 class Generator(ABC):
-    """Fits on a fold's training images and samples synthetic images of the same size."""
+    """Fits on a fold's training images and samples synthetic images of the same size.
+
+    Optional class attributes read by the cache (harness.generation): ``SAMPLING_FIELDS``, the
+    parameters that only affect sampling (changing them never refits), and ``CACHE_VERSION``, part
+    of the cache key (bump it when a code change makes fitted models invalid).
+    """
 
     Params: ClassVar[type] = NoParams
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
