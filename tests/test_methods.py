@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -13,10 +12,10 @@ from torch import nn
 from harness.api import Batch, SSLMethod, StepContext, resolve_params
 from harness.augment import DeviceAugmenter
 from harness.config import ConfigError
-from harness.losses import SUPERVISED_LOSSES, bce_dice_loss
+from harness.losses import SUPERVISED_LOSSES
 from harness.perturb import Dropout, FeatureDropout, FeatureNoise
 from harness.plugins import build_registry
-from harness.schedules import consistency_weight
+from harness.testing import make_context
 from plugins.backbones.unet import UNet, UNetParams
 from plugins.ssl_methods.cct import CCT
 from plugins.ssl_methods.cps import CPS
@@ -45,31 +44,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def make_context(
-    step: int,
-    total: int,
-    *,
-    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = bce_dice_loss,
-    precision: str = "fp32",
-    seed: int = 0,
-) -> StepContext:
-    """A StepContext like the engine's: scaled sigmoid ramp, CPU, a seeded generator."""
-    generator = torch.Generator().manual_seed(seed * 100_003 + step)
-    autocast: Callable[[], Any] = (
-        contextlib.nullcontext if precision == "fp32" else lambda: torch.autocast("cpu", dtype=torch.bfloat16)
-    )
-    return StepContext(
-        step=step,
-        total_steps=total,
-        device=torch.device("cpu"),
-        autocast=autocast,
-        supervised_loss=loss,
-        ramp=lambda w: consistency_weight(w, step, total, "scaled"),
-        augment=DeviceAugmenter(generator),
-        generator=generator,
-    )
 
 
 def backbone_factory(context_lengths: tuple[int, ...] = (1, 1, 1)) -> Callable[[], UNet]:
@@ -190,7 +164,7 @@ def test_gradients_reach_every_trainable_parameter_and_nothing_else(name: str) -
 def test_consistency_is_positive_after_warm_up_and_its_gradient_reaches_the_learners(name: str) -> None:
     """The USB mean-teacher bug: an unsupervised loss that carries no gradient to the student."""
     method = build(name)
-    ctx = make_context(1999, 2000, loss=zero_loss)
+    ctx = make_context(1999, 2000, supervised_loss=zero_loss)
     out = backward_one_step(method, ctx, phantom_batch())
     assert float(out.logs["consistency"]) > 0
     assert float(out.logs["consistency_weight"]) > 0
@@ -235,7 +209,7 @@ def test_inference_network_maps_images_to_one_logit_channel(name: str) -> None:
 
 def test_ssl4mis_loss_plugs_into_a_method() -> None:
     method = build("cct")
-    out = method.train_step(phantom_batch(), make_context(5, 10, loss=SUPERVISED_LOSSES["ssl4mis"]))
+    out = method.train_step(phantom_batch(), make_context(5, 10, supervised_loss=SUPERVISED_LOSSES["ssl4mis"]))
     assert torch.isfinite(out.loss)
 
 

@@ -65,13 +65,18 @@ class MeanTeacher(SSLMethod):
         """``consistency`` x ramp, or 0 before ``consistency_start``."""
         return ctx.ramp(self.params.consistency) if ctx.step >= self.params.consistency_start else 0.0
 
-    def train_step(self, batch: Batch, ctx: StepContext) -> StepOutput:
-        n = batch.labeled_images.shape[0]
+    def student_and_teacher(self, batch: Batch, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """Student logits on labeled + unlabeled images; teacher logits on the noisy unlabeled ones."""
         x = torch.cat([batch.labeled_images, batch.unlabeled_images])
         with ctx.autocast():
             logits = self.student(x)
             with torch.no_grad():
                 teacher_logits = self.teacher(self.teacher_input(batch.unlabeled_images, ctx))
+        return logits, teacher_logits
+
+    def train_step(self, batch: Batch, ctx: StepContext) -> StepOutput:
+        n = batch.labeled_images.shape[0]
+        logits, teacher_logits = self.student_and_teacher(batch, ctx)
         sup = ctx.supervised_loss(logits[:n], batch.labeled_masks)
         cons = sigmoid_mse(logits[n:], teacher_logits)
         w = self.consistency_weight(ctx)

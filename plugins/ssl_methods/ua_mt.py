@@ -62,11 +62,7 @@ class UAMT(MeanTeacher):
 
     def train_step(self, batch: Batch, ctx: StepContext) -> StepOutput:
         n = batch.labeled_images.shape[0]
-        x = torch.cat([batch.labeled_images, batch.unlabeled_images])
-        with ctx.autocast():
-            logits = self.student(x)
-            with torch.no_grad():
-                teacher_logits = self.teacher(self.teacher_input(batch.unlabeled_images, ctx))
+        logits, teacher_logits = self.student_and_teacher(batch, ctx)
         certain = (self.uncertainty(batch.unlabeled_images, ctx) < self.threshold(ctx)).float()
         sup = ctx.supervised_loss(logits[:n], batch.labeled_masks)
         dist = sigmoid_mse(logits[n:], teacher_logits, reduction="none")
