@@ -164,6 +164,8 @@ def run_record(run: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         "run_dir": str(run_dir),
     }
     record.update({key: _scalar(config.get(key)) for key in CONFIG_COLUMNS})
+    if record.get("resize") is None:  # the dataset's default decided: run.json records what was used
+        record["resize"] = data.get("resize")
     record.update({column: config.get("train", {}).get(key) for key, column in TRAIN_COLUMNS.items()})
     record.update(
         protocol=data.get("protocol") or split.get("protocol"),
