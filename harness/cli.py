@@ -54,13 +54,7 @@ def build_app(argv: list[str] | None = None) -> typer.Typer:
     argv = sys.argv[1:] if argv is None else argv
     add_plugin_files(_early_plugin_files(argv))
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"harness.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"harness.commands.{name}":
-                continue
-            raise
-        module.register(app)
+        importlib.import_module(f"harness.commands.{name}").register(app)
     registry = get_registry()
     _warn_plugin_problems()
     add_plugin_commands(registry, app, lambda message: typer.secho(f"warning: {message}", fg="yellow", err=True))

@@ -83,7 +83,7 @@ def run(
     normalisation: str = typer.Option(None, "--normalisation", help="zscore (default) or published."),
     precision: str = typer.Option(None, "--precision", help="bf16 or fp32 (default: preset's)."),
     channels_last: bool = typer.Option(None, "--channels-last/--no-channels-last", help="channels_last layout."),
-    compile_: bool = typer.Option(False, "--compile", help="torch.compile the network (slow first step)."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the validation network (slow first call)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
     eval_resolution: str = typer.Option(None, "--eval-resolution", help="native (default) or model."),
     metrics: str = typer.Option(None, "--metrics", help="'published' adds the published code's metrics."),
@@ -124,7 +124,7 @@ def run(
         "include_strata": split_list(include_strata),
         "normalisation": normalisation,
         "precision": precision,
-        "channels_last": channels_last if channels_last is not None else (True if cuda else None),
+        "channels_last": channels_last,  # None: the run default (on)
         "compile": compile_ or None,
         "eval_resolution": eval_resolution,
         "published_metrics": (metrics == "published") or None,
