@@ -31,8 +31,8 @@ from typing import Any
 import torch
 
 from harness.api import params_dict, resolve_params
-from harness.commands.backbones import backbone_overrides
-from harness.complexity import count_parameters
+from harness.cli.commands.backbones import backbone_overrides
+from harness.evaluation.complexity import count_parameters
 from harness.plugins import get_registry
 
 SETTINGS = [("fp32", False), ("bf16", False), ("fp32", True), ("bf16", True)]

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from harness.api import resolve_params
-from harness.presets import PRESETS as RUN_PRESETS
+from harness.config.presets import PRESETS as RUN_PRESETS
 from plugins.generators.ldm import LatentDiffusionGenerator, networks, training
 from plugins.generators.ldm.sampling import ddim_sample
 

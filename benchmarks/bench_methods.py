@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 
 from harness.api import resolve_params
-from harness.augment import DeviceAugmenter
-from harness.device import autocast_factory
-from harness.losses import bce_dice_loss
 from harness.plugins import get_registry
+from harness.training.augment import DeviceAugmenter
+from harness.training.device import autocast_factory
+from harness.training.losses import bce_dice_loss
 
 METHODS = ("supervised", "mean-teacher", "ua-mt", "cct", "mgcc", "cps")
 

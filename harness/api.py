@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from harness.config.params import build_params
 from harness.errors import UserError
 
 Features = list[torch.Tensor]
@@ -189,7 +190,7 @@ class SSLMethod(nn.Module, ABC):
 class Generator(ABC):
     """Fits on a fold's training images and samples synthetic images of the same size.
 
-    Optional class attributes read by the cache (harness.generation): ``SAMPLING_FIELDS``, the
+    Optional class attributes read by the cache (harness.generation.pool): ``SAMPLING_FIELDS``, the
     parameters that only affect sampling (changing them never refits), and ``CACHE_VERSION``, part
     of the cache key (bump it when a code change makes fitted models invalid).
     """
@@ -288,8 +289,6 @@ def params_dict(params: Any) -> dict[str, Any]:
 
 def resolve_params(component: type, preset: str | None, overrides: dict[str, Any] | None, who: str) -> Any:
     """Params of ``component``: dataclass defaults, then its ``PRESETS[preset]``, then ``overrides``."""
-    from harness.config import build_params
-
     values = dict(getattr(component, "PRESETS", {}).get(preset or "", {}))
     values.update(overrides or {})
     return build_params(getattr(component, "Params", NoParams), values, who)

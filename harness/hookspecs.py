@@ -58,7 +58,7 @@ def register_datasets(register: Register) -> None:
 def register_executors(register: Register) -> None:
     """Register executors, the engines that train a grid's runs: ``register("slurm", SlurmExecutor)``.
 
-    An executor class subclasses :class:`harness.executors.Executor`, declares ``Params`` (its options,
+    An executor class subclasses :class:`harness.execution.executors.Executor`, declares ``Params`` (its options,
     filled from ``bench run --exec-set KEY=VALUE``) and implements ``submit(request) -> Report``.
     """
 

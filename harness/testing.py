@@ -54,10 +54,10 @@ from harness.api import (
     StepOutput,
     resolve_params,
 )
-from harness.augment import DeviceAugmenter
-from harness.losses import SupervisedLoss, bce_dice_loss
-from harness.presets import PRESETS as RUN_PRESETS
-from harness.schedules import consistency_weight
+from harness.config.presets import PRESETS as RUN_PRESETS
+from harness.training.augment import DeviceAugmenter
+from harness.training.losses import SupervisedLoss, bce_dice_loss
+from harness.training.schedules import consistency_weight
 
 #: preset names a component's ``PRESETS`` may use: the run presets, plus "test" for the kit's tiny size
 KNOWN_PRESETS = frozenset([*RUN_PRESETS, "test"])

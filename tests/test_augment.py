@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from harness.augment import DeviceAugmenter
+from harness.training.augment import DeviceAugmenter
 
 
 def _dihedral(x: torch.Tensor) -> list[torch.Tensor]:

@@ -11,10 +11,10 @@ from torch import nn
 from typer.testing import CliRunner
 
 from harness.api import Backbone, resolve_params
-from harness.commands import backbones as backbones_cmd
-from harness.complexity import backbone_complexity, count_macs, count_parameters
-from harness.config import ConfigError
+from harness.cli.commands import backbones as backbones_cmd
+from harness.config.params import ConfigError
 from harness.errors import UserError
+from harness.evaluation.complexity import backbone_complexity, count_macs, count_parameters
 from harness.plugins import build_registry
 from plugins.backbones.blocks import MSAG, ConcatConv2d, ConvMixerLayer, DecoderStage, DepthwiseConv2d
 from plugins.backbones.cmunet import CMUNet, CMUNetParams

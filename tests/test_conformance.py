@@ -14,7 +14,7 @@ from PIL import Image
 from torch import nn
 
 from harness.api import Backbone, Batch, DatasetSource, Generator, SegDataset, SSLMethod, StepContext, StepOutput
-from harness.data import assemble_dataset, load_dataset
+from harness.data.datasets import assemble_dataset, load_dataset
 from harness.hookspecs import hookimpl
 from harness.plugins import build_registry
 from harness.testing import (

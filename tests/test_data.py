@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import harness.data as data
-from harness import phantom
-from harness.data import DataError, load_dataset, stratum_of
+import harness.data.datasets as data
+from harness.data.datasets import DataError, load_dataset, stratum_of
 from harness.plugins import build_registry
+from plugins.datasets import folder, phantom
 
 # Only the two built-in dataset sources: fast, and independent of other plugins.
-REGISTRY = build_registry(entry_points=[], extra_plugins=[("folder", data), ("phantom", phantom)], env={})
+REGISTRY = build_registry(entry_points=[], extra_plugins=[("folder", folder), ("phantom", phantom)], env={})
 
 
 def load(spec: str | None, **options):

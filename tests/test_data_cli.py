@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from harness.data import DataError
+from harness.data.datasets import DataError
 
 
 def save(path: Path, array: np.ndarray) -> None:
@@ -35,7 +35,7 @@ def tiny_folder(root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def app():
-    from harness.cli import build_app
+    from harness.cli.app import build_app
 
     return build_app([])
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness.busi_import import import_busi
-from harness.data import DataError
+from harness.data.busi_import import import_busi
+from harness.data.datasets import DataError
 
 
 def save(path: Path, array: np.ndarray) -> None:

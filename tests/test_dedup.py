@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from harness import dedup
+from harness.data import dedup
 
 
 def smooth_image(seed: int, size: int = 48) -> np.ndarray:

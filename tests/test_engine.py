@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from harness.api import SegDataset, SSLMethod, StepOutput
-from harness.engine import NonFiniteLossError, TrainData, Trainer, TrainSettings
-from harness.normalize import fit_normaliser
-from harness.schedules import consistency_weight, poly_lr
+from harness.data.normalize import fit_normaliser
+from harness.training.engine import NonFiniteLossError, TrainData, Trainer, TrainSettings
+from harness.training.schedules import consistency_weight, poly_lr
 from plugins.backbones.unet import UNet, UNetParams
 from plugins.ssl_methods.mgcc import MGCC
 from plugins.ssl_methods.supervised import Supervised

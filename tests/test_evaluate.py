@@ -10,8 +10,8 @@ import torch
 
 from harness.api import SegDataset
 from harness.errors import UserError
-from harness.evaluate import EvaluationError, evaluate_images, fast_dice, summarise
-from harness.metrics import METRIC_NAMES, PUBLISHED_METRIC_NAMES, image_metrics
+from harness.evaluation.evaluate import EvaluationError, evaluate_images, fast_dice, summarise
+from harness.evaluation.metrics import METRIC_NAMES, PUBLISHED_METRIC_NAMES, image_metrics
 
 # --------------------------------------------------------------------------- helpers
 

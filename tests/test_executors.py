@@ -17,29 +17,18 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from harness import distributed
-from harness.commands import status as status_cmd
-from harness.config import ConfigError
-from harness.executors import (
-    Executor,
-    ExecutorError,
-    LocalExecutor,
-    Report,
-    Request,
-    RunLog,
-    build_executor,
-    executor_options,
-    finish,
-    last_step,
-    read_job,
-    run_status,
-    tail,
-    write_job,
-)
-from harness.grid import expand
+from harness.cli.commands import status as status_cmd
+from harness.config.params import ConfigError
+from harness.execution.executors import Executor, ExecutorError, build_executor, executor_options
+from harness.execution.joblog import RunLog, read_job, tail, write_job
+from harness.execution.status import last_step, run_status
+from harness.execution.tasks import Report, Request, finish
 from harness.hookspecs import hookimpl
 from harness.plugins import build_registry, get_registry
-from harness.results import LOCK_FILE, atomic_write_json
+from harness.runs.grid import expand
+from harness.runs.store import LOCK_FILE, atomic_write_json
+from harness.training import ddp
+from plugins.executors.local import LocalExecutor
 from plugins.executors.slurm import ATTEMPT_FILE, parse_extra, parse_time, slurm_threads, take_over_own_lock
 
 BENCH = [sys.executable, "-m", "harness.cli"]
@@ -237,18 +226,18 @@ def test_failures_are_reported_with_a_pointer_to_status():
 
 
 def test_distributed_batch_split():
-    info = distributed.DistInfo(rank=1, world_size=2, local_rank=1, device=torch.device("cpu"))
+    info = ddp.DistInfo(rank=1, world_size=2, local_rank=1, device=torch.device("cpu"))
     idx = torch.arange(10, 14)
-    assert distributed.local_slice(idx, info).tolist() == [12, 13]
-    both = [distributed.local_slice(idx, distributed.DistInfo(r, 2, r, torch.device("cpu"))) for r in (0, 1)]
+    assert ddp.local_slice(idx, info).tolist() == [12, 13]
+    both = [ddp.local_slice(idx, ddp.DistInfo(r, 2, r, torch.device("cpu"))) for r in (0, 1)]
     assert torch.cat(both).tolist() == idx.tolist()
-    with pytest.raises(distributed.DistributedError, match="unlabeled batch 3 does not split over 2"):
-        distributed.check_batch_split(4, 3, True, info)
-    distributed.check_batch_split(4, 3, False, info)  # a method without unlabeled data draws none
-    assert distributed.env_world({"WORLD_SIZE": "2", "RANK": "1"}) == (1, 2, 1)
-    assert distributed.env_world({}) is None
-    assert distributed.rank_seed(5, None) == 5 == distributed.rank_seed(5, distributed.DistInfo(0, 2, 0, idx.device))
-    assert distributed.rank_seed(5, info) != 5
+    with pytest.raises(ddp.DistributedError, match="unlabeled batch 3 does not split over 2"):
+        ddp.check_batch_split(4, 3, True, info)
+    ddp.check_batch_split(4, 3, False, info)  # a method without unlabeled data draws none
+    assert ddp.env_world({"WORLD_SIZE": "2", "RANK": "1"}) == (1, 2, 1)
+    assert ddp.env_world({}) is None
+    assert ddp.rank_seed(5, None) == 5 == ddp.rank_seed(5, ddp.DistInfo(0, 2, 0, idx.device))
+    assert ddp.rank_seed(5, info) != 5
 
 
 # --------------------------------------------------------------------------- the local executor, for real

@@ -12,10 +12,10 @@ import torch
 from test_predict import Workspace, png, train_tiny_run
 from typer.testing import CliRunner
 
-from harness.data import decode_image, resize_image
-from harness.export import ExportError, export_run, load_exported, sidecar_path
-from harness.inference import InferenceError, load_run_network
-from harness.predict import predict_images
+from harness.data.datasets import decode_image, resize_image
+from harness.inference.export import ExportError, export_run, load_exported, sidecar_path
+from harness.inference.network import InferenceError, load_run_network
+from harness.inference.predict import predict_images
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,7 @@ def test_export_errors(workspace: Workspace, tmp_path: Path) -> None:
 
 
 def test_cli_export(workspace: Workspace, tmp_path: Path) -> None:
-    from harness.cli import build_app
+    from harness.cli.app import build_app
 
     out = tmp_path / "net.pt"
     result = CliRunner().invoke(

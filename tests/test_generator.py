@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from harness.api import resolve_params
-from harness.data import load_dataset
-from harness.generation import synthetic_pool
-from harness.memorisation import fidelity, uniform_noise
+from harness.data.datasets import load_dataset
+from harness.generation.memorisation import fidelity, uniform_noise
+from harness.generation.pool import synthetic_pool
 from harness.plugins import get_registry
 from plugins.generators.ldm import LatentDiffusionGenerator, LDMError, LDMParams, networks
 from plugins.generators.none import NoGenerator

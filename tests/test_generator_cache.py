@@ -15,11 +15,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from harness.api import Generator
-from harness.data import load_dataset
-from harness.generation import GenerationError, default_pool_size, synthetic_pool
+from harness.data.datasets import load_dataset
+from harness.data.splits import fold_parts, make_split
+from harness.generation.pool import GenerationError, default_pool_size, synthetic_pool
 from harness.hookspecs import hookimpl
 from harness.plugins import build_registry
-from harness.splits import fold_parts, make_split
 
 SIZE = 32
 
@@ -183,7 +183,7 @@ class _Plugin:
 
 
 def _invoke(monkeypatch, args: list[str]):
-    from harness.commands import generate as command
+    from harness.cli.commands import generate as command
 
     registry = build_registry(extra_plugins=[("recording-test", _Plugin())])
     monkeypatch.setattr(command, "get_registry", lambda: registry)

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from harness.config import ConfigError
-from harness.grid import expand, load_suite
-from harness.runner import RunSpec, resolve
+from harness.config.params import ConfigError
+from harness.runs.grid import expand, load_suite
+from harness.runs.resolve import RunSpec, resolve
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -89,7 +89,7 @@ def test_suite_errors_name_the_file(tmp_path):
 
 
 def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path):
-    from harness.cli import app, build_app
+    from harness.cli.app import app, build_app
 
     build_app([])
     out = tmp_path / "runs"

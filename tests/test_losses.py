@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.losses import (
+from harness.training.losses import (
     SUPERVISED_LOSSES,
     bce_dice_loss,
     binary_entropy,

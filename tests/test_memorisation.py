@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from harness.data import load_dataset
-from harness.memorisation import (
+from harness.data.datasets import load_dataset
+from harness.generation.memorisation import (
     drop_near_copies,
     fidelity,
     fidelity_report,
@@ -99,7 +99,7 @@ def test_frechet_distance():
 def test_fid_reads_a_local_inception_weights_file(tmp_path):
     from torchvision.models import inception_v3
 
-    from harness.memorisation import fid
+    from harness.generation.memorisation import fid
 
     torch.manual_seed(0)
     weights = tmp_path / "inception.pth"

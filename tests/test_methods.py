@@ -10,12 +10,12 @@ import torch
 from torch import nn
 
 from harness.api import Batch, SSLMethod, StepContext, resolve_params
-from harness.augment import DeviceAugmenter
-from harness.config import ConfigError
-from harness.losses import SUPERVISED_LOSSES
-from harness.perturb import Dropout, FeatureDropout, FeatureNoise
+from harness.config.params import ConfigError
 from harness.plugins import build_registry
 from harness.testing import make_context
+from harness.training.augment import DeviceAugmenter
+from harness.training.losses import SUPERVISED_LOSSES
+from harness.training.perturb import Dropout, FeatureDropout, FeatureNoise
 from plugins.backbones.unet import UNet, UNetParams
 from plugins.ssl_methods.cct import CCT
 from plugins.ssl_methods.cps import CPS

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from harness.errors import UserError
-from harness.metrics import (
+from harness.evaluation.metrics import (
     METRIC_NAMES,
     METRIC_POLICY,
     PUBLISHED_METRIC_NAMES,

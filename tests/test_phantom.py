@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from harness import data, phantom
-from harness.data import load_dataset
-from harness.phantom import PhantomParams, generate, strata_counts
+from harness.data import datasets as data
+from harness.data.datasets import load_dataset
 from harness.plugins import build_registry
+from plugins.datasets import phantom
+from plugins.datasets.phantom import PhantomParams, generate, strata_counts
 
 REGISTRY = build_registry(entry_points=[], extra_plugins=[("folder", data), ("phantom", phantom)], env={})
 

@@ -13,7 +13,8 @@ import torch
 from test_report import METHODS, fake_defaults, make_store, write_run
 
 from harness.errors import UserError
-from harness.plots import (
+from harness.reporting.load import load
+from harness.reporting.plots import (
     Sample,
     choose_images,
     choose_runs,
@@ -26,7 +27,7 @@ from harness.plots import (
     save_figure,
     tile,
 )
-from harness.results import atomic_write_json, load
+from harness.runs.store import atomic_write_json
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +130,8 @@ def test_tile_lays_images_out_in_rows() -> None:
 
 @pytest.mark.slow
 def test_generator_figure_shows_the_folds_real_training_images(tmp_path: Path) -> None:
-    from harness.runner import RunSpec, load_run_dataset
+    from harness.runs.lifecycle import load_run_dataset
+    from harness.runs.resolve import RunSpec
 
     data = "phantom:count=12,size=32"
     ids = load_run_dataset(RunSpec(data=data), 32).ids
@@ -147,9 +149,9 @@ def test_generator_figure_shows_the_folds_real_training_images(tmp_path: Path) -
 @pytest.mark.slow
 def test_qualitative_grid_from_trained_runs(tmp_path: Path) -> None:
     """Two tiny real runs on the phantom: the grid predicts with their checkpoints; the table loads them."""
-    from harness.grid import expand
-    from harness.report import build_tables
-    from harness.runner import execute
+    from harness.reporting.tables import build_tables
+    from harness.runs.grid import expand
+    from harness.runs.lifecycle import execute
 
     base = {"preset": "quick", "data": "phantom:count=40,size=48", "image_size": 32, "iterations": 4, "k": 3,
             "val_every": 2, "checkpoint_every": 2}  # fmt: skip
@@ -163,7 +165,7 @@ def test_qualitative_grid_from_trained_runs(tmp_path: Path) -> None:
     frame = labelled(load(runs_dir, checkpoint="best"))
     fraction, chosen = choose_runs(frame)
     ids = choose_images(frame, chosen, 3)
-    from harness.plots import predict_samples
+    from harness.reporting.plots import predict_samples
 
     samples = predict_samples(frame, chosen, ids)
     assert [s.id for s in samples] == ids

@@ -136,7 +136,7 @@ def test_broken_distribution_does_not_break_the_cli(tmp_path, monkeypatch):
     import harness.plugins as plugins_module
 
     monkeypatch.setattr(plugins_module, "_REGISTRY", None)
-    from harness.cli import app, build_app
+    from harness.cli.app import app, build_app
 
     build_app([])
     result = CliRunner().invoke(app, ["plugins", "--json"])

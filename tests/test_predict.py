@@ -14,11 +14,12 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from harness.inference import InferenceError, load_run_network
-from harness.metrics import METRIC_NAMES, image_metrics
-from harness.phantom import PhantomParams, generate
-from harness.predict import PredictError, find_inputs, predict_images, tta_predictor
-from harness.runner import RunSpec, execute, resolve
+from harness.evaluation.metrics import METRIC_NAMES, image_metrics
+from harness.inference.network import InferenceError, load_run_network
+from harness.inference.predict import PredictError, find_inputs, predict_images, tta_predictor
+from harness.runs.lifecycle import execute
+from harness.runs.resolve import RunSpec, resolve
+from plugins.datasets.phantom import PhantomParams, generate
 
 
 @dataclass
@@ -138,7 +139,7 @@ def test_metrics_equal_the_runs_own_evaluation(workspace: Workspace, predicted) 
 
 def test_probabilities_follow_the_dataset_loaders_path(workspace: Workspace, predicted) -> None:
     """Probability maps equal the network on the dataset loader's resized images, resampled like evaluation."""
-    from harness.data import load_dataset
+    from harness.data.datasets import load_dataset
 
     loaded = load_run_network(workspace.run_dir, "best", "cpu")
     dataset = load_dataset(str(workspace.data), image_size=32, cache_dir=workspace.root / "cache")
@@ -282,7 +283,7 @@ def test_bad_options(workspace: Workspace, tmp_path: Path) -> None:
 
 
 def test_cli_predict_prints_the_summary(workspace: Workspace, tmp_path: Path) -> None:
-    from harness.cli import build_app
+    from harness.cli.app import build_app
 
     app = build_app([])
     result = CliRunner().invoke(

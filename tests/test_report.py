@@ -15,7 +15,8 @@ import pytest
 from scipy import stats as scipy_stats
 
 from harness.errors import UserError
-from harness.report import (
+from harness.reporting.load import load
+from harness.reporting.tables import (
     build_tables,
     method_labels,
     render,
@@ -24,7 +25,7 @@ from harness.report import (
     render_markdown,
     render_rich,
 )
-from harness.results import atomic_write_json, load, write_rows_csv
+from harness.runs.store import atomic_write_json, write_rows_csv
 
 GOLDEN = Path(__file__).parent / "golden"
 FOLDS = (0, 1, 2)
@@ -378,7 +379,7 @@ def test_rich_render_has_every_row_and_splits_when_narrow(golden_tables) -> None
 def report_app():
     import typer
 
-    from harness.commands import report
+    from harness.cli.commands import report
 
     app = typer.Typer()
     report.register(app)
@@ -409,7 +410,7 @@ def test_bench_table_subprocess(store: Path) -> None:
     import subprocess
     import sys
 
-    command = [sys.executable, "-c", "from harness.cli import main; main()", "table", str(store), "--format", "csv"]
+    command = [sys.executable, "-c", "from harness.cli.app import main; main()", "table", str(store), "--format", "csv"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("table,group,method,labeled,metric,mean,std,n,best")

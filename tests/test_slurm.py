@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.commands.status import collect
+from harness.cli.commands.status import collect
 
 pytestmark = pytest.mark.slow
 

@@ -12,16 +12,8 @@ import pytest
 from scipy import ndimage
 
 from harness.api import SegDataset
-from harness.data import DataError, assemble_dataset
-from harness.splits import (
-    fold_parts,
-    load_split,
-    make_split,
-    n_folds,
-    save_split,
-    split_from_lists,
-    split_hash,
-)
+from harness.data.datasets import DataError, assemble_dataset
+from harness.data.splits import fold_parts, load_split, make_split, n_folds, save_split, split_from_lists, split_hash
 
 FRACTIONS = (0.125, 0.25, 0.5, 1.0)
 

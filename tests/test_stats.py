@@ -10,7 +10,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from harness.errors import UserError
-from harness.stats import (
+from harness.reporting.stats import (
     bootstrap_gain,
     collapse_clusters,
     holm,

@@ -1,7 +1,7 @@
 """The ``slurm`` executor: one Slurm job per run (job arrays for grids), through submitit.
 
 ``bench run --executor slurm`` submits one job array and returns (or waits with ``--wait``). Each
-array task trains one run with :func:`harness.executors.run_task`: it takes the run's lock, resumes
+array task trains one run with :func:`harness.execution.executors.run_task`: it takes the run's lock, resumes
 from the run's last checkpoint, and writes run.log. Preemption or a time limit reaches the job as
 SIGUSR2 ``signal_delay_s`` seconds ahead; submitit then requeues the job (same job id), and the
 requeued job resumes the run from checkpoints/latest.pt. ``--gpus N`` runs N tasks per job, one
@@ -25,21 +25,13 @@ from typing import Any
 import submitit
 from submitit.core.utils import FailedJobError, FailedSubmissionError
 
-from harness import distributed
-from harness.executors import (
-    Executor,
-    ExecutorError,
-    Report,
-    Request,
-    RunTask,
-    Terminated,
-    read_job,
-    run_status,
-    run_task,
-    write_job,
-)
+from harness.execution.executors import Executor, ExecutorError
+from harness.execution.joblog import read_job, write_job
+from harness.execution.status import run_status
+from harness.execution.tasks import Report, Request, RunTask, Terminated, run_task
 from harness.hookspecs import hookimpl
-from harness.results import LOCK_FILE, atomic_write_json, read_run
+from harness.runs.store import LOCK_FILE, atomic_write_json, read_run
+from harness.training import ddp
 
 #: the last attempt of a Slurm job on a run (host and pid of the process that takes the run's lock)
 ATTEMPT_FILE = ".slurm-attempt.json"
@@ -192,11 +184,11 @@ class SlurmRun(submitit.helpers.Checkpointable):
             take_over_own_lock(task.run_dir, job.job_id)
         if task.gpus > 1:  # this task is one rank of the run
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
-            distributed.init(task.device, task.sync_bn)
+            ddp.init(task.device, task.sync_bn)
             try:
                 return run_task(task, job=job.job_id, threads=threads)
             finally:
-                distributed.shutdown()
+                ddp.shutdown()
         return run_task(task, job=job.job_id, threads=threads)
 
 

@@ -17,8 +17,8 @@ from torch import nn
 
 from harness.api import Backbone, BackboneFactory, Batch, SSLMethod, StepContext, StepOutput
 from harness.hookspecs import hookimpl
-from harness.losses import sigmoid_mse
-from harness.perturb import Dropout, FeatureDropout, FeatureNoise, Perturbation, perturb_all
+from harness.training.losses import sigmoid_mse
+from harness.training.perturb import Dropout, FeatureDropout, FeatureNoise, Perturbation, perturb_all
 
 
 @dataclass

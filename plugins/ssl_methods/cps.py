@@ -16,7 +16,7 @@ from torch import nn
 
 from harness.api import BackboneFactory, Batch, SSLMethod, StepContext, StepOutput
 from harness.hookspecs import hookimpl
-from harness.losses import pseudo_label_bce
+from harness.training.losses import pseudo_label_bce
 
 
 @dataclass

@@ -17,8 +17,8 @@ from torch import nn
 
 from harness.api import BackboneFactory, Batch, SSLMethod, StepContext, StepOutput
 from harness.hookspecs import hookimpl
-from harness.losses import sigmoid_mse
-from harness.perturb import draw_normal
+from harness.training.losses import sigmoid_mse
+from harness.training.perturb import draw_normal
 
 
 @dataclass

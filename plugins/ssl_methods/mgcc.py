@@ -16,9 +16,9 @@ from typing import Any, Literal
 import torch
 
 from harness.api import Backbone
-from harness.config import ConfigError
+from harness.config.params import ConfigError
 from harness.hookspecs import hookimpl
-from harness.perturb import Dropout, FeatureDropout, FeatureNoise, perturb_all
+from harness.training.perturb import Dropout, FeatureDropout, FeatureNoise, perturb_all
 from plugins.ssl_methods.cct import CCT, CCTParams
 
 #: aux decoder perturbations of the two published commits (REFERENCE §1.5)

@@ -16,8 +16,8 @@ import torch
 
 from harness.api import Batch, StepContext, StepOutput
 from harness.hookspecs import hookimpl
-from harness.losses import binary_entropy, sigmoid_mse
-from harness.schedules import sigmoid_rampup
+from harness.training.losses import binary_entropy, sigmoid_mse
+from harness.training.schedules import sigmoid_rampup
 from plugins.ssl_methods.mean_teacher import MeanTeacher, MeanTeacherParams
 
 

@@ -1,0 +1,5 @@
+"""``python -m harness.cli`` runs ``bench``."""
+
+from harness.cli.app import main
+
+main()

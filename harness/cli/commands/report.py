@@ -1,0 +1,84 @@
+"""``bench table`` and ``bench plot``: paper-style tables and figures from a results directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from harness.errors import UserError
+
+SUFFIX_FORMATS = {".md": "markdown", ".markdown": "markdown", ".tex": "latex", ".csv": "csv"}
+
+
+def table(
+    runs: Path = typer.Argument(..., help="Results directory (the --out of bench run) or one run directory."),
+    metrics: str = typer.Option(
+        "dice,hd95,iou,empty_correct", "--metrics", help="Comma list: dice, hd95, iou, assd, empty_correct, ..."
+    ),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best (on validation) or last."),
+    compare: str = typer.Option(
+        None, "--compare", help="supervised (default when present), none, or a row label to compute gains against."
+    ),
+    significance: bool = typer.Option(
+        False, "--significance", help="Wilcoxon signed-rank on per-image Dice vs the reference, Holm-corrected."
+    ),
+    fmt: str = typer.Option(
+        None, "--format", help="rich (terminal), markdown, latex or csv; default rich, or from --out's suffix."
+    ),
+    by: str = typer.Option(None, "--by", help="'group': one table per image group (benign / malignant / normal)."),
+    out: Path = typer.Option(None, "--out", help="Write the table to this file instead of the terminal."),
+) -> None:
+    """Mean ± std over runs per method and labeled fraction, with paired gains and significance marks."""
+    from rich.console import Console
+
+    from harness.reporting.load import load
+    from harness.reporting.tables import FORMATS, build_tables, render, render_rich
+    from harness.runs.store import atomic_write_text
+
+    fmt = fmt or (SUFFIX_FORMATS.get(out.suffix.lower(), "rich") if out else "rich")
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
+    frame = load(runs)
+    tables = build_tables(
+        frame,
+        metrics=[m.strip() for m in metrics.split(",") if m.strip()],
+        checkpoint=checkpoint,
+        compare=compare,
+        significance=significance,
+        by=by,
+    )
+    if out is not None:
+        atomic_write_text(out, render(tables, fmt))
+        typer.echo(f"wrote {out}")
+    elif fmt == "rich":
+        console = Console()
+        for rich_table in render_rich(tables, width=console.width):
+            console.print(rich_table)
+    else:
+        typer.echo(render(tables, fmt), nl=False)
+
+
+def plot(
+    runs: Path = typer.Argument(..., help="Results directory (the --out of bench run)."),
+    out: Path = typer.Option(Path("figures"), "--out", help="Folder for the PNG and PDF figures."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best (on validation) or last."),
+    images: int = typer.Option(4, "--images", help="Test images in the qualitative grid (0: no grid)."),
+    fraction: float = typer.Option(None, "--fraction", help="Labeled fraction of the qualitative grid."),
+    device: str = typer.Option("cpu", "--device", help="Device for the qualitative grid's predictions."),
+) -> None:
+    """Box/strip plots, Dice vs labeled fraction, learning curves, a qualitative grid, generator samples."""
+    from harness.reporting.plots import plot_all
+
+    written, skipped = plot_all(
+        runs, out, checkpoint=checkpoint, n_images=images, fraction=fraction, device=device, log=typer.echo
+    )
+    for path in written:
+        typer.echo(f"wrote {path}")
+    for what, why in skipped.items():
+        typer.secho(f"skipped {what}: {why}", fg="yellow", err=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("table")(table)
+    app.command("plot")(plot)

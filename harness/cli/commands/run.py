@@ -1,0 +1,187 @@
+"""``bench run``: train and evaluate a grid of runs (methods x generators x backbones x fractions x folds)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from harness.config.presets import resolve_preset
+from harness.execution.executors import build_executor, executor_options
+from harness.execution.tasks import Request, finish
+from harness.runs.grid import expand, load_suite, split_list
+from harness.runs.resolve import ResolvedRun
+from harness.runs.store import read_run, run_dirs
+from harness.training import ddp
+from harness.training.device import resolve_device
+
+
+def _eta_seconds(runs: list[ResolvedRun], out: Path) -> float | None:
+    """Training time of the runs still to do, from finished runs of the same method and preset in ``out``."""
+    speed: dict[tuple[str, str, int], float] = {}
+    for run_dir in run_dirs(out) if out.exists() else []:
+        record = read_run(run_dir) or {}
+        if record.get("status") == "done" and record.get("train", {}).get("iterations_per_second"):
+            c = record["config"]
+            speed[(c["ssl"], c["preset"], c["image_size"])] = record["train"]["iterations_per_second"]
+    total = 0.0
+    for run in runs:
+        c = run.config
+        if (read_run(out / run.name) or {}).get("status") == "done":
+            continue
+        its = speed.get((c["ssl"], c["preset"], c["image_size"]))
+        if its is None:
+            return None
+        total += c["train"]["iterations"] / its
+    return total
+
+
+def _plan_table(runs: list[ResolvedRun], out: Path) -> tuple[Table, int]:
+    table = Table(title=f"plan: {len(runs)} run(s) in {out}")
+    for column in ("run id", "method", "generator", "backbone", "labeled", "fold", "draw", "seed", "iters", "state"):
+        table.add_column(column)
+    todo = 0
+    for run in runs:
+        previous = read_run(out / run.name)
+        state = "new"
+        if previous and previous.get("status") == "done":
+            state = "done (skip)"
+        elif previous or (out / run.name / "checkpoints" / "latest.pt").exists():
+            state = "resume"
+        todo += state != "done (skip)"
+        c = run.config
+        table.add_row(
+            run.run_id, c["ssl"], c["generator"], c["backbone"], f"{c['labeled']:g}", str(c["fold"]),
+            str(c["draw"]), str(c["seed"]), str(c["train"]["iterations"]), state,
+        )  # fmt: skip
+    return table, todo
+
+
+def run(
+    data: str = typer.Option(None, "--data", help="Dataset folder or registered dataset name (default: phantom)."),
+    ssl: str = typer.Option("mgcc", "--ssl", help="SSL method(s), comma-separated."),
+    generator: str = typer.Option("none", "--generator", help="Generator(s) of synthetic unlabeled images."),
+    backbone: str = typer.Option("cmunet", "--backbone", help="Backbone(s), comma-separated."),
+    labeled: str = typer.Option("0.25", "--labeled", help="Labeled fraction(s) of each fold's training part."),
+    folds: str = typer.Option(None, "--folds", help="Fold indices (default: the preset's, or all)."),
+    label_draws: str = typer.Option(None, "--label-draws", help="Which labeled subset draw(s), e.g. 0,1."),
+    seeds: str = typer.Option(None, "--seeds", help="Training seed(s)."),
+    preset: str = typer.Option("auto", "--preset", help="auto (paper on CUDA, quick on CPU), quick, medium, paper."),
+    split: Path = typer.Option(None, "--split", help="Split JSON file (made on the fly when absent)."),
+    out: Path = typer.Option(Path("runs"), "--out", help="Results directory."),
+    suite: Path = typer.Option(None, "--suite", help="A TOML suite file describing whole grids."),
+    set_: list[str] = typer.Option(None, "--set", help="KEY=VALUE overrides: backbone.width=32, mgcc.consistency=7."),
+    image_size: int = typer.Option(None, "--image-size", help="Square model input size."),
+    iterations: int = typer.Option(None, "--iterations", help="Training iterations T."),
+    batch: int = typer.Option(None, "--batch", help="Total batch size (labeled + unlabeled); default 8."),
+    labeled_batch: int = typer.Option(None, "--labeled-batch", help="Labeled images per batch (default 4)."),
+    in_channels: int = typer.Option(None, "--in-channels", help="1 (grey) or 3 (replicated, as published)."),
+    resize: str = typer.Option(None, "--resize", help="squash (published) or pad (keeps aspect ratio)."),
+    include_strata: str = typer.Option(None, "--include-strata", help="Only these strata, e.g. benign,malignant."),
+    normalisation: str = typer.Option(None, "--normalisation", help="zscore (default) or published."),
+    precision: str = typer.Option(None, "--precision", help="bf16 or fp32 (default: preset's)."),
+    channels_last: bool = typer.Option(None, "--channels-last/--no-channels-last", help="channels_last layout."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the validation network (slow first call)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
+    eval_resolution: str = typer.Option(None, "--eval-resolution", help="native (default) or model."),
+    metrics: str = typer.Option(None, "--metrics", help="'published' adds the published code's metrics."),
+    unlabeled: str = typer.Option(None, "--unlabeled", help="real, synthetic or both (default)."),
+    n_synthetic: str = typer.Option(None, "--n-synthetic", help="Synthetic images per fold: N, train or unlabeled."),
+    protocol: str = typer.Option(None, "--protocol", help="kfold (default) or paper-like."),
+    k: int = typer.Option(None, "--k", help="Number of folds."),
+    val_from: str = typer.Option(None, "--val-from", help="train (default) or labeled."),
+    deterministic: bool = typer.Option(None, "--deterministic/--no-deterministic", help="Deterministic kernels."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and stop."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    executor: str = typer.Option("local", "--executor", help="Where runs train: local, slurm or a plugin's executor."),
+    jobs: int = typer.Option(None, "--jobs", help="local: runs trained at once, each in its own process (and GPU)."),
+    gpus: int = typer.Option(1, "--gpus", min=1, help="Processes (GPUs) per run; > 1 trains each run with DDP."),
+    sync_bn: bool = typer.Option(None, "--sync-bn/--no-sync-bn", help="SyncBatchNorm with --gpus > 1 (default: CUDA)."),
+    wait: bool = typer.Option(False, "--wait", help="Block until submitted runs have finished (slurm)."),
+    slurm_partition: str = typer.Option(None, "--slurm-partition", help="slurm: partition to submit to."),
+    slurm_gpus_per_job: int = typer.Option(None, "--slurm-gpus-per-job", help="slurm: GPUs per job (default --gpus)."),
+    slurm_cpus_per_job: int = typer.Option(None, "--slurm-cpus-per-job", help="slurm: CPUs per job."),
+    slurm_time: str = typer.Option(None, "--slurm-time", help="slurm: time limit per attempt, e.g. 4:00:00."),
+    slurm_mem: str = typer.Option(None, "--slurm-mem", help="slurm: memory per job, e.g. 32G."),
+    slurm_extra: str = typer.Option(None, "--slurm-extra", help="slurm: more sbatch options, e.g. '--qos=high'."),
+    exec_set: list[str] = typer.Option(None, "--exec-set", help="KEY=VALUE option of the executor (docs/scaling.md)."),
+) -> None:
+    """Train and evaluate every run of a grid; finished runs are skipped, interrupted ones resume."""
+    console = Console(quiet=not ddp.env_rank_zero())  # under torchrun, rank 0 speaks for all
+    slurm = {"partition": slurm_partition, "gpus_per_job": slurm_gpus_per_job, "cpus_per_job": slurm_cpus_per_job,
+             "time": slurm_time, "mem": slurm_mem, "extra": slurm_extra}  # fmt: skip
+    runner = build_executor(executor, executor_options(executor, jobs, slurm, exec_set))
+    cuda = resolve_device(device).type == "cuda"
+    base: dict[str, Any] = {
+        "data": data,
+        "split_file": str(split) if split else None,
+        "image_size": image_size,
+        "iterations": iterations,
+        "in_channels": in_channels,
+        "resize": resize,
+        "include_strata": split_list(include_strata),
+        "normalisation": normalisation,
+        "precision": precision,
+        "channels_last": channels_last,  # None: the run default (on)
+        "compile": compile_ or None,
+        "eval_resolution": eval_resolution,
+        "published_metrics": (metrics == "published") or None,
+        "unlabeled": unlabeled,
+        "n_synthetic": n_synthetic,
+        "protocol": protocol,
+        "k": k,
+        "val_from": val_from,
+        "deterministic": deterministic,
+    }
+    if labeled_batch is not None:
+        base["labeled_batch"] = labeled_batch
+    if batch is not None:
+        lab = labeled_batch or 4
+        if batch <= lab:
+            raise typer.BadParameter(f"--batch {batch} must exceed --labeled-batch {lab}")
+        base["unlabeled_batch"] = batch - lab
+    base = {key: value for key, value in base.items() if value is not None}
+    axes = {
+        "ssl": split_list(ssl),
+        "generator": split_list(generator),
+        "backbone": split_list(backbone),
+        "labeled": split_list(labeled),
+        "fold": split_list(folds),
+        "draw": split_list(label_draws),
+        "seed": split_list(seeds),
+    }
+    if suite is not None:
+        cli_axes = {a: v for a, v in axes.items() if v}
+        grids = load_suite(suite, base, set_ or [])
+        runs: list[ResolvedRun] = []
+        for suite_base, suite_axes, overrides in grids:
+            suite_base["preset"] = resolve_preset(suite_base.get("preset", preset), cuda)
+            for axis, value in cli_axes.items():
+                if axis in ("fold", "draw", "seed"):
+                    suite_axes[axis] = value
+            runs += expand(suite_base, suite_axes, overrides)
+        runs = list({r.run_id: r for r in runs}.values())
+    else:
+        base["preset"] = resolve_preset(preset, cuda)
+        if preset == "auto":
+            console.print(f"preset auto -> [bold]{base['preset']}[/bold] ({'CUDA' if cuda else 'no CUDA: CPU'})")
+        runs = expand(base, axes, set_ or [])
+    table, todo = _plan_table(runs, out)
+    console.print(table)
+    eta = _eta_seconds(runs, out)
+    console.print(
+        f"{todo} of {len(runs)} run(s) to train; ETA "
+        + (f"{eta / 60:.0f} min of training" if eta is not None else "unknown (no finished run of these kinds yet)")
+    )
+    if dry_run:
+        console.print("--dry-run: stopping here")
+        return
+    request = Request(runs, out, device, gpus, sync_bn, wait, show_progress=not quiet, log=console.print)
+    finish(runner.submit(request), out, console.print)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run)

@@ -1,1 +1,0 @@
-"""The ``bench`` sub-commands, one module per area; each module has ``register(app)``."""

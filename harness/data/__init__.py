@@ -1,0 +1,1 @@
+"""Data: dataset folders, decoding and caching, splits, near-duplicates, importers, normalisation."""

@@ -1,0 +1,1 @@
+"""Evaluation: per-image metrics, test-set evaluation, model complexity."""

@@ -1,0 +1,106 @@
+"""The per-run job record (job.json), the run log (run.log) and the lock heartbeat.
+
+Executors record where each run went in ``run_dir/job.json`` so that ``bench status`` can report it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from harness.runs.store import LOCK_FILE, atomic_write_json
+
+Log = Callable[[str], None]
+
+JOB_FILE = "job.json"
+LOG_FILE = "run.log"
+#: how often a training process refreshes its lock's mtime (other hosts treat a fresh lock as alive)
+HEARTBEAT_S = 60.0
+
+
+# --------------------------------------------------------------------------- job records and logs
+
+
+def write_job(run_dir: Path, record: dict[str, Any]) -> None:
+    """Record where a run was sent (job.json), keeping earlier attempts under ``history``."""
+    previous = read_job(run_dir)
+    history = []
+    if previous:
+        history = previous.pop("history", [])
+        history.append(previous)
+    atomic_write_json(run_dir / JOB_FILE, {**record, "history": history[-20:]})
+
+
+def end_job(run_dir: Path, outcome: str) -> None:
+    """Mark the run's job record as ended (for executors whose jobs outlive no process of their own)."""
+    job = read_job(run_dir)
+    if job is not None:
+        atomic_write_json(Path(run_dir) / JOB_FILE, {**job, "ended": time.time(), "outcome": outcome})
+
+
+def read_job(run_dir: Path) -> dict[str, Any] | None:
+    """The run's job.json, or None (also when unreadable: it is informational only)."""
+    try:
+        return json.loads((Path(run_dir) / JOB_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+class RunLog:
+    """Appends a run's messages to run_dir/run.log (and echoes them): failures leave their story behind."""
+
+    def __init__(self, run_dir: Path, echo: Log | bool | None = None) -> None:
+        self.path = Path(run_dir) / LOG_FILE
+        self.echo: Log | None = print if echo is True else (echo or None)
+
+    def write(self, text: str) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as fh:
+            fh.write(text if text.endswith("\n") else text + "\n")
+
+    def __call__(self, message: str) -> None:
+        self.write(f"{time.strftime('%H:%M:%S')} {message}")
+        if self.echo is not None:
+            self.echo(message)
+
+
+def tail(path: Path, lines: int = 15) -> list[str]:
+    """The last ``lines`` lines of a text file (empty when it does not exist)."""
+    try:
+        with Path(path).open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 64 * 1024))
+            text = fh.read().decode(errors="replace")
+    except OSError:
+        return []
+    return text.splitlines()[-lines:]
+
+
+@contextmanager
+def heartbeat(run_dir: Path, every_s: float = HEARTBEAT_S) -> Iterator[None]:
+    """Refresh the run's lock mtime while training, so that other hosts see a live lock (not a stale one)."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every_s):
+            with contextlib.suppress(OSError):  # no lock yet, or already released
+                os.utime(Path(run_dir) / LOCK_FILE)
+
+    thread = threading.Thread(target=beat, name="segbench-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield

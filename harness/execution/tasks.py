@@ -1,0 +1,181 @@
+"""Run tasks: what an executor trains, and :func:`run_task`, which trains one.
+
+:func:`run_task` takes the run's lock (an exclusive create, safe on NFS), keeps it fresh while it
+trains, writes run.log, and resumes from the run's last checkpoint when an earlier attempt was
+interrupted.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.errors import UserError
+from harness.execution import ranks
+from harness.execution.joblog import LOG_FILE, Log, RunLog, _nothing, heartbeat
+from harness.runs.resolve import ResolvedRun, RunSpec
+from harness.runs.store import RunLockedError, read_run
+from harness.training import ddp
+
+
+class ExecutorError(UserError):
+    """Runs could not be submitted, or some of them failed."""
+
+
+class Terminated(SystemExit):
+    """The process was told to stop (SIGTERM from scancel, or from preemption): the run resumes when rerun."""
+
+
+# --------------------------------------------------------------------------- the contract
+
+
+@dataclass
+class RunTask:
+    """One run as another process or machine receives it: picklable, re-resolved (and checked) there."""
+
+    spec: RunSpec
+    run_id: str
+    name: str
+    out_dir: str
+    device: str = "auto"
+    gpus: int = 1
+    sync_bn: bool | None = None
+    show_progress: bool = False
+
+    @property
+    def out_path(self) -> Path:
+        return Path(self.out_dir)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+
+@dataclass
+class Request:
+    """What ``bench run`` asks an executor to do."""
+
+    runs: list[ResolvedRun]
+    out_dir: Path
+    device: str = "auto"
+    #: processes (GPUs) per run; > 1 trains each run with DistributedDataParallel
+    gpus: int = 1
+    #: SyncBatchNorm in distributed runs (None: on with CUDA, off on the CPU)
+    sync_bn: bool | None = None
+    #: block until every run has finished (executors that submit elsewhere)
+    wait: bool = False
+    show_progress: bool = True
+    log: Log = print
+
+    def tasks(self, show_progress: bool = False) -> list[RunTask]:
+        out = str(Path(self.out_dir).resolve())
+        return [
+            RunTask(r.spec, r.run_id, r.name, out, self.device, self.gpus, self.sync_bn, show_progress)
+            for r in self.runs
+        ]
+
+
+@dataclass
+class Report:
+    """What became of the request's runs (names); ``submitted`` maps a run to its job id."""
+
+    done: list[str] = field(default_factory=list)
+    busy: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    submitted: dict[str, str] = field(default_factory=dict)
+
+
+def finish(report: Report, out_dir: Path, log: Log) -> None:
+    """Tell the user what became of the runs; raise :class:`ExecutorError` when some failed."""
+    if report.busy:
+        log(f"{len(report.busy)} run(s) were being trained by another process; rerun later to pick them up")
+    if report.failed:
+        first = next(iter(report.failed.items()))
+        raise ExecutorError(
+            f"{len(report.failed)} run(s) failed, first {first[0]}: {first[1]}. "
+            f"See `bench status {out_dir}` and each run's {LOG_FILE}; rerunning resumes them."
+        )
+
+
+# --------------------------------------------------------------------------- one run, in this process
+
+
+def cpu_count() -> int:
+    """CPUs this process may use (its affinity mask, e.g. a Slurm allocation), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def visible_gpus() -> list[str]:
+    """The CUDA devices this process sees, as CUDA_VISIBLE_DEVICES entries."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env:
+        return [part.strip() for part in env.split(",") if part.strip()][: torch.cuda.device_count()]
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def run_task(task: RunTask, log: Log | bool | None = None, *, job: str = "", threads: int | None = None) -> str:
+    """Train one run in this process (or, with ``task.gpus`` > 1, in that many local processes).
+
+    Returns ``done`` or ``busy`` (another process holds the run's lock); raises when the run fails,
+    after writing the error and traceback to run.log. ``threads`` caps torch's intra-op threads.
+    """
+    import torch
+
+    from harness.runs.lifecycle import execute
+    from harness.runs.resolve import resolve
+
+    if threads:
+        torch.set_num_threads(threads)
+    writer = ddp.is_writer()
+    run_log: Log = RunLog(task.run_dir, echo=log) if writer else (lambda _m: None)
+    if writer:
+        RunLog(task.run_dir)(
+            f"attempt on {socket.gethostname()} pid {os.getpid()}" + (f" job {job}" if job else "")
+            + f" ({torch.get_num_threads()} threads)"
+        )  # fmt: skip
+    try:
+        run = resolve(task.spec)
+        if run.run_id != task.run_id:
+            raise ExecutorError(
+                f"run {task.name} resolves to id {run.run_id} here, not {task.run_id}: the installed segbench or "
+                "plugins differ from the submitting machine's; install the same versions on both"
+            )
+        with heartbeat(task.run_dir) if writer else _nothing():
+            if ddp.current() is not None:  # one rank of torchrun or of a multi-task Slurm job
+                ranks.run_rank(task, run_log)
+            elif task.gpus > 1:
+                gpus = visible_gpus() if task.device != "cpu" else []
+                if gpus and len(gpus) < task.gpus:
+                    raise ExecutorError(f"--gpus {task.gpus}: only {len(gpus)} GPU(s) visible ({','.join(gpus)})")
+                per_rank = threads or max(1, cpu_count() // task.gpus)
+                ranks.launch(task, task.gpus, gpus[: task.gpus] if gpus else None, per_rank)
+                record = read_run(task.run_dir) or {}
+                if record.get("status") != "done":
+                    raise ExecutorError(f"run {task.name} ended with status {record.get('status')!r}")
+            else:
+                execute(run, task.out_path, log=run_log, show_progress=task.show_progress, device_name=task.device)
+    except RunLockedError as exc:
+        run_log(f"not trained here: {exc}")
+        return "busy"
+    except Terminated as exc:
+        run_log(f"{exc}; it resumes from its last checkpoint when requeued or rerun")
+        raise
+    except SystemExit as exc:  # submitit's requeue on preemption / time limit exits this way
+        run_log(f"stopped (exit {exc.code}): preempted or out of time; the job is requeued and resumes")
+        raise
+    except BaseException as exc:
+        if writer:
+            RunLog(task.run_dir).write("".join(traceback.format_exception(exc)))
+            run_log(f"FAILED: {type(exc).__name__}: {exc}")
+        raise
+    return "done"

@@ -1,0 +1,1 @@
+"""Generation: the synthetic unlabeled pool and the memorisation report."""

@@ -1,0 +1,1 @@
+"""Inference: rebuilding a run's network, prediction and export."""

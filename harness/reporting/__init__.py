@@ -1,0 +1,1 @@
+"""Reporting: loading results, tables, statistics and figures."""

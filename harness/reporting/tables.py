@@ -1,0 +1,763 @@
+"""Paper-style result tables from the per-image frame of :func:`harness.reporting.load.load`.
+
+Rows are method labels (SSL method + generator + backbone, plus the settings that tell apart two
+configurations of one method), column groups are labeled fractions, cells are mean ± std over runs
+(folds, label draws, seeds) of each run's mean over its test images. A store that mixes settings
+(dataset, image size, iterations, protocol, ...) gives one table per setting: such numbers are never
+averaged together. :func:`build_tables` computes; the ``render_*`` functions only format.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import io
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from rich.table import Table
+from rich.text import Text
+
+from harness.errors import UserError
+from harness.reporting.stats import (
+    LOWER_IS_BETTER,
+    Gain,
+    bootstrap_gain,
+    collapse_clusters,
+    holm,
+    known_metric,
+    paired_differences,
+    run_means,
+    wilcoxon_p,
+)
+
+DEFAULT_METRICS = ("dice", "hd95", "iou", "empty_correct")
+METRIC_TITLES = {
+    "dice": "Dice",
+    "iou": "IoU",
+    "hd95": "HD95",
+    "assd": "ASSD",
+    "precision": "Precision",
+    "recall": "Recall",
+    "specificity": "Specificity",
+    "accuracy": "Accuracy",
+    "dice_all": "Dice (all)",
+    "empty_correct": "Empty",
+}
+DECIMALS = {"hd95": 1, "assd": 1}
+#: settings that must agree for numbers to share a table
+SETTING_KEYS = (
+    "dataset", "fingerprint", "include_strata", "protocol", "k", "selection_is_test", "image_size", "iterations",
+    "resize", "eval_resolution",
+)  # fmt: skip
+#: run settings that tell two configurations of one method apart (besides its parameters)
+ROW_KEYS = (
+    "preset", "in_channels", "normalisation", "unlabeled", "n_synthetic", "labeled_batch", "unlabeled_batch", "lr",
+    "ramp_horizon", "ramp_fraction", "train_precision",
+)  # fmt: skip
+PARAM_PREFIXES = ("method.", "backbone.", "generator.")
+#: a run and its reference run share these (and the table's setting)
+PAIR_KEYS = ("fold", "labeled", "draw", "seed")
+ALPHA = 0.05
+DAGGER = "†"
+EXTRA_LABELS = "‡"
+FORMATS = ("rich", "markdown", "latex", "csv")
+
+
+class ReportError(UserError):
+    """A table option or the results it reads are invalid; the message names the value."""
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def base_label(ssl: str, generator: str, backbone: str) -> str:
+    """``"mgcc + ldm / cmunet"``; the generator is left out when it is ``none``."""
+    method = ssl if generator in ("none", "", None) else f"{ssl} + {generator}"
+    return f"{method} / {backbone}"
+
+
+def canonical(value: Any) -> str:
+    """A comparable text form: 7 == 7.0 == "7"; None == NaN; lists as comma-joined text."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "None"
+    if isinstance(value, list | tuple):
+        return ",".join(canonical(v) for v in value)
+    if isinstance(value, bool | np.bool_):
+        return str(bool(value))
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return f"{number:g}" if math.isfinite(number) else str(value)
+
+
+@functools.lru_cache(maxsize=64)
+def _component_defaults(kind: str, name: str, preset: str) -> dict[str, Any]:
+    try:
+        from harness.api import params_dict, resolve_params
+        from harness.plugins import get_registry
+
+        component = get_registry().get(kind, name)
+        return params_dict(resolve_params(component, preset, {}, f"{kind} {name}"))
+    except Exception:  # a plugin that no longer loads only costs the default-hiding in labels
+        return {}
+
+
+@functools.lru_cache(maxsize=8)
+def _run_defaults(preset: str) -> dict[str, Any]:
+    defaults: dict[str, Any] = {}
+    try:
+        from harness.runs.resolve import RunSpec
+
+        defaults = {f.name: f.default for f in dataclasses.fields(RunSpec) if f.default is not dataclasses.MISSING}
+    except Exception:  # the runner may be unimportable in a reading-only install
+        pass
+    try:
+        from harness.config.presets import PRESETS
+
+        chosen = PRESETS[preset]
+        defaults.update({k: chosen[k] for k in ("ramp_horizon", "n_synthetic") if k in chosen})
+        defaults["train_precision"] = chosen.get("precision")
+    except Exception:
+        pass
+    return defaults
+
+
+def registry_defaults(run: pd.Series) -> dict[str, Any]:
+    """Default values of a run's settings and parameters (``method.<name>`` ...) for its preset."""
+    preset = str(run.get("preset"))
+    out = dict(_run_defaults(preset))
+    for kind, prefix, column in (
+        ("ssl_method", "method.", "ssl"),
+        ("backbone", "backbone.", "backbone"),
+        ("generator", "generator.", "generator"),
+    ):
+        params = _component_defaults(kind, str(run.get(column)), preset)
+        out.update({prefix + name: value for name, value in params.items()})
+    return out
+
+
+Defaults = Callable[[pd.Series], dict[str, Any]]
+
+
+def method_labels(runs: pd.DataFrame, defaults: Defaults | None = registry_defaults) -> pd.Series:
+    """The row label of every run (one row of ``runs`` per run).
+
+    Runs of one method, generator and backbone whose other settings differ anywhere (method or
+    backbone parameters, unlabeled pool, ...) get those settings appended where they differ from the
+    defaults: ``"mgcc / cmunet (consistency=0.1)"``. ``defaults=None`` shows every differing value.
+    """
+    bases = pd.Series(
+        [base_label(r.ssl, r.generator, r.backbone) for r in runs.itertuples()], index=runs.index, dtype=object
+    )
+    keys = [c for c in runs.columns if c in ROW_KEYS or c.startswith(PARAM_PREFIXES)]
+    labels = bases.copy()
+    for base, part in runs.groupby(bases, sort=False):
+        varying = [c for c in keys if part[c].map(canonical).nunique() > 1]
+        if not varying:
+            continue
+        short = [c.split(".", 1)[-1] for c in varying]
+        names = [s if short.count(s) == 1 else c for s, c in zip(short, varying, strict=True)]
+        for index, run in part.iterrows():
+            known = defaults(run) if defaults else {}
+            extras = [
+                f"{name}={canonical(run[c])}"
+                for name, c in zip(names, varying, strict=True)
+                if c not in known or canonical(known[c]) != canonical(run[c])
+            ]
+            labels[index] = f"{base} ({', '.join(extras)})" if extras else base
+    # two configurations can only share a label if formatting hid their difference: number them
+    config_keys = runs[keys].apply(lambda r: json.dumps([canonical(v) for v in r]), axis=1) if keys else bases
+    for label, part in runs.groupby(labels, sort=False):
+        configs = list(dict.fromkeys(config_keys[part.index]))
+        if len(configs) > 1:
+            for index in part.index:
+                labels[index] = f"{label} #{configs.index(config_keys[index]) + 1}"
+    return labels
+
+
+def _row_order(runs: pd.DataFrame) -> list[str]:
+    """Supervised rows first, then by method, generator (none first) and backbone, in label order."""
+    keyed = runs.drop_duplicates("label").assign(
+        _sup=lambda d: d["ssl"] != "supervised", _gen=lambda d: d["generator"] != "none"
+    )
+    return list(keyed.sort_values(["_sup", "ssl", "_gen", "generator", "backbone", "label"])["label"])
+
+
+# --------------------------------------------------------------------------- the table model
+
+
+@dataclass
+class Cell:
+    """One metric of one row and labeled fraction."""
+
+    mean: float
+    std: float
+    n: int
+    best: bool = False
+    mark: str = ""
+
+
+@dataclass
+class ResultTable:
+    """One table: a setting (and optionally an image group), ready to render in any format."""
+
+    title: str
+    group: str | None
+    fractions: list[float]
+    metrics: list[str]
+    rows: list[str]
+    cells: dict[tuple[str, float, str], Cell]
+    counts: dict[tuple[str, float], int]
+    gain_metric: str | None = None
+    reference: str | None = None
+    gains: dict[tuple[str, float], Gain | str] = field(default_factory=dict)
+    pvalues: dict[tuple[str, float], tuple[float, float]] = field(default_factory=dict)
+    #: rows whose generator used extra labels (marked with a double dagger)
+    flagged: set[str] = field(default_factory=set)
+    notes: list[str] = field(default_factory=list)
+
+
+def _run_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.drop_duplicates("run").set_index("run", drop=False)
+
+
+def _setting_key(run: pd.Series) -> tuple[str, ...]:
+    return tuple(canonical(run.get(k)) for k in SETTING_KEYS)
+
+
+def _check_options(frame: pd.DataFrame, metrics: Sequence[str], checkpoint: str, by: str | None) -> None:
+    unknown = [m for m in metrics if not known_metric(m)]
+    if unknown:
+        raise ReportError(
+            f"--metrics: unknown metric {unknown[0]!r}; use any of {', '.join(METRIC_TITLES)} "
+            "(or published_* when recorded)"
+        )
+    if not metrics:
+        raise ReportError("--metrics is empty; e.g. --metrics dice,hd95")
+    if checkpoint not in ("best", "last"):
+        raise ReportError(f"--checkpoint {checkpoint!r}: use best or last")
+    if by not in (None, "group"):
+        raise ReportError(f"--by {by!r}: the only split is 'group' (image group / stratum)")
+    missing = [m for m in metrics if m.startswith("published_") and m not in frame]
+    if missing:
+        raise ReportError(f"--metrics {missing[0]}: not recorded in these runs (train with --metrics published)")
+
+
+def build_tables(
+    frame: pd.DataFrame,
+    *,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    checkpoint: str = "best",
+    compare: str | None = None,
+    significance: bool = False,
+    by: str | None = None,
+    defaults: Defaults | None = registry_defaults,
+    resamples: int = 2000,
+) -> list[ResultTable]:
+    """The tables of ``frame`` (from :func:`harness.reporting.load.load`): one per setting, per group with ``by``.
+
+    ``compare``: ``None`` = the supervised row of the same backbone when one exists, ``"supervised"``,
+    ``"none"``, or a row label. ``significance``: Wilcoxon signed-rank on per-image Dice against the
+    reference, near-duplicate clusters collapsed, Holm-corrected over the table's comparisons.
+    """
+    metrics = list(dict.fromkeys(metrics))
+    _check_options(frame, metrics, checkpoint, by)
+    frame = frame[frame["checkpoint"] == checkpoint]
+    if frame.empty:
+        raise ReportError(f"no per-image rows for checkpoint {checkpoint!r} in these runs")
+    runs = _run_frame(frame)
+    runs["label"] = method_labels(runs, defaults)
+    frame = frame.assign(label=frame["run"].map(runs["label"]))
+    settings = runs.apply(_setting_key, axis=1)
+    tables = []
+    for key in dict.fromkeys(settings):
+        setting_runs = runs[settings == key]
+        part = frame[frame["run"].isin(setting_runs.index)]
+        groups: list[str | None] = [None] if by is None else sorted(part["stratum"].dropna().unique())
+        for group in groups:
+            sub = part if group is None else part[part["stratum"] == group]
+            sub_runs = setting_runs[setting_runs.index.isin(sub["run"].unique())]
+            tables.append(_one_table(sub, sub_runs, metrics, checkpoint, compare, significance, group, resamples))
+    return tables
+
+
+def _cells(
+    frame: pd.DataFrame, runs: pd.DataFrame, metrics: list[str], fractions: list[float], rows: list[str]
+) -> tuple[dict, dict, list[str]]:
+    cells: dict[tuple[str, float, str], Cell] = {}
+    counts = runs.groupby(["label", "labeled"]).size().to_dict()
+    kept = []
+    for metric in metrics:
+        means = run_means(frame, metric)
+        for (label, fraction), part in runs.groupby(["label", "labeled"]):
+            values = means.reindex(part.index).dropna().to_numpy()
+            if len(values):
+                std = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+                cells[(label, fraction, metric)] = Cell(float(values.mean()), std, len(values))
+        if any((r, f, metric) in cells for r in rows for f in fractions):
+            kept.append(metric)
+    for metric in kept:
+        for fraction in fractions:
+            column = [cells[(r, fraction, metric)] for r in rows if (r, fraction, metric) in cells]
+            if len(column) < 2:
+                continue
+            shown = [round(c.mean, DECIMALS.get(metric, 3)) for c in column]
+            if len(set(shown)) == 1:  # every row ties: nothing stands out
+                continue
+            best = min(shown) if metric in LOWER_IS_BETTER else max(shown)
+            for cell, value in zip(column, shown, strict=True):
+                cell.best = value == best
+    return cells, counts, kept
+
+
+def _reference_rows(runs: pd.DataFrame, rows: list[str], compare: str | None) -> dict[str, str]:
+    """``{row label: reference row label}`` for the rows that have a reference."""
+    if compare is not None and compare.lower() == "none":
+        return {}
+    if compare is None or compare.lower() == "supervised":
+        supervised = runs[runs["ssl"] == "supervised"]
+        if supervised.empty:
+            if compare is None:
+                return {}
+            raise ReportError("--compare supervised: no supervised runs in this table; use --compare none or a row")
+        per_backbone: dict[str, str] = {}
+        for backbone, part in supervised.groupby("backbone"):
+            labels = sorted(part["label"].unique(), key=lambda s: (len(s), s))
+            per_backbone[backbone] = labels[0]
+        row_backbone = runs.drop_duplicates("label").set_index("label")["backbone"]
+        return {r: per_backbone[row_backbone[r]] for r in rows if row_backbone[r] in per_backbone}
+    wanted = "".join(compare.split()).lower()
+    match = [r for r in rows if "".join(r.split()).lower() == wanted]
+    if not match:
+        raise ReportError(f"--compare {compare!r} is not a row of this table; rows: {'; '.join(rows)}")
+    return {r: match[0] for r in rows}
+
+
+def _comparisons(
+    frame: pd.DataFrame,
+    runs: pd.DataFrame,
+    refs: dict[str, str],
+    fractions: list[float],
+    gain_metric: str,
+    significance: bool,
+    resamples: int,
+) -> tuple[dict, dict]:
+    by_run = dict(tuple(frame.groupby("run", sort=False)))
+    gains: dict[tuple[str, float], Gain | str] = {}
+    raw_p: dict[tuple[str, float], float] = {}
+    for row, ref in refs.items():
+        for fraction in fractions:
+            if row == ref:
+                if ((runs["label"] == row) & (runs["labeled"] == fraction)).any():
+                    gains[(row, fraction)] = "ref"
+                continue
+            mine = runs[(runs["label"] == row) & (runs["labeled"] == fraction)]
+            theirs = runs[(runs["label"] == ref) & (runs["labeled"] == fraction)]
+            if mine.empty or theirs.empty:
+                continue
+            ref_by_key = {tuple(canonical(r[k]) for k in PAIR_KEYS): name for name, r in theirs.iterrows()}
+            pairs, dice = [], []
+            for name, run in mine.iterrows():
+                partner = ref_by_key.get(tuple(canonical(run[k]) for k in PAIR_KEYS))
+                if partner is None or name not in by_run or partner not in by_run:
+                    continue
+                pairs.append(paired_differences(by_run[name], by_run[partner], gain_metric)["diff"].to_numpy())
+                if significance:
+                    dice.append(paired_differences(by_run[name], by_run[partner], "dice"))
+            if not pairs:
+                continue
+            gains[(row, fraction)] = bootstrap_gain(pairs, resamples=resamples)
+            if significance and dice:
+                p = wilcoxon_p(collapse_clusters(pd.concat(dice)))
+                if not math.isnan(p):  # no lesion image (e.g. the normal group): nothing to test
+                    raw_p[(row, fraction)] = p
+    keys = list(raw_p)
+    adjusted = holm([raw_p[k] for k in keys])
+    return gains, {k: (raw_p[k], float(a)) for k, a in zip(keys, adjusted, strict=True)}
+
+
+def _one_table(
+    frame: pd.DataFrame,
+    runs: pd.DataFrame,
+    metrics: list[str],
+    checkpoint: str,
+    compare: str | None,
+    significance: bool,
+    group: str | None,
+    resamples: int,
+) -> ResultTable:
+    fractions = sorted(float(f) for f in runs["labeled"].unique())
+    rows = _row_order(runs)
+    cells, counts, kept = _cells(frame, runs, metrics, fractions, rows)
+    refs = _reference_rows(runs, rows, compare)
+    if significance and not refs:
+        raise ReportError("--significance needs a reference row: add supervised runs or name one with --compare ROW")
+    gain_metric = "dice" if "dice" in kept else (kept[0] if kept else None)
+    gains, pvalues = {}, {}
+    if refs and gain_metric:
+        gains, pvalues = _comparisons(frame, runs, refs, fractions, gain_metric, significance, resamples)
+    marked = "dice" if "dice" in kept else gain_metric
+    for (row, fraction), (_, adjusted) in pvalues.items():
+        cell = cells.get((row, fraction, marked))
+        if cell is not None and adjusted < ALPHA:
+            cell.mark = DAGGER
+    first = runs.iloc[0]
+    title = f"{_data_name(first)}: {int(first['image_size'])} px, T = {int(first['iterations'])}"
+    if group is not None:
+        title += f", group {group}"
+    table = ResultTable(
+        title=title,
+        group=group,
+        fractions=fractions,
+        metrics=kept,
+        rows=rows,
+        cells=cells,
+        counts=counts,
+        gain_metric=gain_metric if refs else None,
+        reference=_reference_text(refs, compare),
+        gains=gains,
+        pvalues=pvalues,
+        flagged=set(runs.loc[runs["uses_extra_labels"].fillna(False).astype(bool), "label"]),
+    )
+    table.notes = _notes(table, frame, runs, checkpoint, significance, resamples)
+    return table
+
+
+def _data_name(run: pd.Series) -> str:
+    name = run.get("dataset")
+    return str(name) if isinstance(name, str) and name else str(run.get("data"))
+
+
+def _reference_text(refs: dict[str, str], compare: str | None) -> str | None:
+    if not refs:
+        return None
+    targets = sorted(set(refs.values()))
+    if compare is None or compare.lower() == "supervised":
+        return "the supervised row of the same backbone (here " + "; ".join(targets) + ")"
+    return targets[0]
+
+
+# --------------------------------------------------------------------------- footnotes
+
+
+def _policy_summary(runs: pd.DataFrame) -> str:
+    policies = runs["metric_policy"].dropna().unique() if "metric_policy" in runs else []
+    text = (
+        "Metrics are computed per image and averaged over images; a pixel is foreground where sigmoid(logit) > 0.5; "
+        "empty masks: both empty gives Dice 1 and HD95 0, exactly one empty gives Dice 0 and HD95 = the image "
+        "diagonal."
+    )
+    if len(policies) > 1:
+        text += " WARNING: these runs were scored under different metric policies (see each run.json)."
+    return text
+
+
+def _notes(
+    table: ResultTable, frame: pd.DataFrame, runs: pd.DataFrame, checkpoint: str, significance: bool, resamples: int
+) -> list[str]:
+    first = runs.iloc[0]
+    notes = []
+    lesion = [METRIC_TITLES.get(m, m) for m in table.metrics if m not in ("empty_correct", "dice_all")]
+    what = f"{', '.join(lesion)} over test images with a lesion" if lesion else ""
+    if "empty_correct" in table.metrics:
+        what += ("; " if what else "") + "Empty = share of lesion-free test images predicted empty"
+    if "dice_all" in table.metrics:
+        what += ("; " if what else "") + "Dice (all) over every test image"
+    notes.append(
+        "Mean ± std over n runs (folds × label draws × seeds) of each run's mean over its test images "
+        f"({what}); best per column in bold."
+    )
+    if first["selection_is_test"]:
+        protocol = f"Protocol: {first['protocol']} (paper-like): the validation set is the test set, so " + (
+            "best-checkpoint numbers are optimistic (the checkpoint was chosen on the test images)."
+            if checkpoint == "best"
+            else "the last checkpoint involves no selection on it."
+        )
+    else:
+        k = first.get("k")
+        folds = f"{int(k)}-fold " if k is not None and not pd.isna(k) else ""
+        protocol = (
+            f"Protocol: {first['protocol']} ({folds}cross-validation with a validation set kept apart from each "
+            "fold's test set)."
+        )
+    notes.append(protocol)
+    notes.append(
+        "Checkpoint: best validation Dice." if checkpoint == "best" else "Checkpoint: last (after the final iteration)."
+    )
+    strata = first.get("include_strata")
+    data = f"data {_data_name(first)}" + (f" ({strata} only)" if isinstance(strata, str) else "")
+    notes.append(
+        f"{data}; images resized to {int(first['image_size'])}×{int(first['image_size'])} ({first['resize']}), "
+        f"scored at {first['eval_resolution']} resolution; T = {int(first['iterations'])} iterations; "
+        "HD95 in pixels (mm where the dataset gives a spacing)."
+    )
+    notes.append(_policy_summary(runs))
+    if table.reference:
+        notes.append(
+            f"Δ{METRIC_TITLES.get(table.gain_metric or '', table.gain_metric)}: paired gain over {table.reference}, "
+            "each run against the reference run of the same fold, labeled fraction, label draw and seed, averaged "
+            "over run pairs; [95% CI] from a bootstrap over "
+            f"test images within runs ({resamples} resamples), i.e. test-image uncertainty only."
+        )
+    if significance and table.pvalues:
+        clustered = "cluster" in frame and bool((frame["cluster"] != frame["id"]).any())
+        unit = (
+            "each group of the split file (near-duplicate cluster or case) is collapsed to one value (its mean "
+            "difference over images and run pairs)"
+            if clustered
+            else "the split file groups no images (no near-duplicates or cases), so each image is one value (its "
+            "mean difference over run pairs)"
+        )
+        notes.append(
+            f"{DAGGER} p < {ALPHA:g}: paired two-sided Wilcoxon signed-rank test of per-image Dice against the "
+            f"reference, Holm-corrected over the {len(table.pvalues)} comparisons of this table. It is an "
+            f"image-level test: {unit}; it ignores training variance between runs."
+        )
+    if table.flagged:
+        notes.append(
+            f"{EXTRA_LABELS} Uses extra labels: the conditional generator of {', '.join(sorted(table.flagged))} was "
+            "fitted with the "
+            "image-level classes of all training images, not only the labeled fraction."
+        )
+    versions = runs["segbench_version"].dropna().unique() if "segbench_version" in runs else []
+    if len(versions) > 1:
+        notes.append(f"Runs were made by different segbench versions: {', '.join(sorted(map(str, versions)))}.")
+    return notes
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def fraction_text(fraction: float) -> str:
+    """0.125 -> ``"12.5%"``."""
+    return f"{fraction * 100:g}%"
+
+
+def _number(value: float, metric: str) -> str:
+    return f"{value:.{DECIMALS.get(metric, 3)}f}"
+
+
+def cell_text(cell: Cell | None, metric: str, pm: str = "±") -> str:
+    """``"0.712 ± 0.021"`` (the mean alone for one run); ``"–"`` when there is no value."""
+    if cell is None:
+        return "–"
+    text = _number(cell.mean, metric)
+    if not math.isnan(cell.std):
+        text += f" {pm} {_number(cell.std, metric)}"
+    return text
+
+
+def gain_text(gain: Gain | str | None) -> str:
+    if gain is None:
+        return "–"
+    if isinstance(gain, str):
+        return gain
+    if math.isnan(gain.mean):
+        return "–"
+    mean, low, high = (round(v, 3) + 0.0 for v in (gain.mean, gain.low, gain.high))  # + 0.0: no "-0.000"
+    return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
+def _row_label(table: ResultTable, row: str) -> str:
+    return f"{row} {EXTRA_LABELS}" if row in table.flagged else row
+
+
+def _columns(table: ResultTable) -> list[tuple[str, str | None]]:
+    """(kind, metric) per column of one fraction group: metrics, then n, then the gain."""
+    cols: list[tuple[str, str | None]] = [("metric", m) for m in table.metrics] + [("n", None)]
+    if table.gain_metric:
+        cols.append(("gain", table.gain_metric))
+    return cols
+
+
+def _header(kind: str, metric: str | None, arrows: tuple[str, str] = ("↑", "↓")) -> str:
+    if kind == "n":
+        return "n"
+    title = METRIC_TITLES.get(metric or "", metric or "")
+    if kind == "gain":
+        return f"Δ{title} [95% CI]"
+    return f"{title} {arrows[1] if metric in LOWER_IS_BETTER else arrows[0]}"
+
+
+def _value(table: ResultTable, row: str, fraction: float, kind: str, metric: str | None) -> tuple[str, bool]:
+    """(text, bold) of one body cell."""
+    if kind == "n":
+        n = table.counts.get((row, fraction))
+        return (str(n) if n else "–"), False
+    if kind == "gain":
+        return gain_text(table.gains.get((row, fraction))), False
+    cell = table.cells.get((row, fraction, metric or ""))
+    return cell_text(cell, metric or "") + (cell.mark if cell else ""), bool(cell and cell.best)
+
+
+def render_markdown(tables: Sequence[ResultTable]) -> str:
+    """GitHub Markdown: a bold title, a pipe table, then the notes."""
+    out = []
+    for table in tables:
+        cols = _columns(table)
+        header = ["Method"] + [f"{_header(k, m)} ({fraction_text(f)})" for f in table.fractions for k, m in cols]
+        lines = [f"**{table.title}**", "", "| " + " | ".join(header) + " |"]
+        lines.append("|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|")
+        for row in table.rows:
+            values = [_row_label(table, row).replace("|", "\\|")]
+            for fraction in table.fractions:
+                for kind, metric in cols:
+                    text, bold = _value(table, row, fraction, kind, metric)
+                    values.append(f"**{text}**" if bold else text)
+            lines.append("| " + " | ".join(values) + " |")
+        lines += ["", *(f"- {note}" for note in table.notes)]
+        out.append("\n".join(lines))
+    return "\n\n".join(out) + "\n"
+
+
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{"}
+_TEX.update({"}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "×": r"$\times$"})
+_TEX.update({"Δ": r"$\Delta$", "†": r"$^\dagger$", "‡": r"$^\ddagger$", "–": "--", "↑": r"$\uparrow$"})
+_TEX.update({"↓": r"$\downarrow$", ">": r"$>$", "<": r"$<$"})
+
+
+def tex_escape(text: str) -> str:
+    """Escape LaTeX specials and map the few symbols the tables use to math mode."""
+    return "".join(_TEX.get(ch, ch) for ch in text)
+
+
+def render_latex(tables: Sequence[ResultTable], label: str = "tab:segbench") -> str:
+    """A booktabs ``table`` environment per table (needs ``\\usepackage{booktabs}``), notes below."""
+    out = ["% segbench results table: needs \\usepackage{booktabs}"]
+    for i, table in enumerate(tables):
+        cols = _columns(table)
+        width = len(cols)
+        spec = "l" + "".join(" " + "r" * width for _ in table.fractions)
+        group_head = " & ".join(
+            rf"\multicolumn{{{width}}}{{c}}{{{tex_escape(fraction_text(f))} labeled}}" for f in table.fractions
+        )
+        rules = " ".join(
+            rf"\cmidrule(lr){{{2 + j * width}-{1 + (j + 1) * width}}}" for j in range(len(table.fractions))
+        )
+        heads = " & ".join(tex_escape(_header(k, m)) for _ in table.fractions for k, m in cols)
+        lines = [
+            r"\begin{table}[t]",
+            r"\centering",
+            r"\small",
+            rf"\caption{{{tex_escape(table.title)}: mean $\pm$ std over runs.}}",
+            rf"\label{{{label}{'' if len(tables) == 1 else f'-{i + 1}'}}}",
+            rf"\begin{{tabular}}{{{spec}}}",
+            r"\toprule",
+            rf" & {group_head} \\",
+            rules,
+            rf"Method & {heads} \\",
+            r"\midrule",
+        ]
+        for row in table.rows:
+            values = [tex_escape(_row_label(table, row))]
+            for fraction in table.fractions:
+                for kind, metric in cols:
+                    text, bold = _value(table, row, fraction, kind, metric)
+                    text = tex_escape(text)
+                    values.append(rf"\textbf{{{text}}}" if bold else text)
+            lines.append(" & ".join(values) + r" \\")
+        lines += [r"\bottomrule", r"\end{tabular}", r"\par\smallskip", r"\begin{minipage}{\linewidth}\footnotesize"]
+        lines += [tex_escape(note) + (r" \\" if j < len(table.notes) - 1 else "") for j, note in enumerate(table.notes)]
+        lines += [r"\end{minipage}", r"\end{table}"]
+        out.append("\n".join(lines))
+    return "\n\n".join(out) + "\n"
+
+
+CSV_COLUMNS = (
+    "table", "group", "method", "labeled", "metric", "mean", "std", "n", "best", "ci_low", "ci_high", "p", "p_holm",
+    "significant", "reference",
+)  # fmt: skip
+
+
+def render_csv(tables: Sequence[ResultTable]) -> str:
+    """Long CSV: one line per table, row, fraction and metric, plus a ``delta_<metric>`` line per gain."""
+    records = []
+    for table in tables:
+        for row in table.rows:
+            for fraction in table.fractions:
+                base = {"table": table.title, "group": table.group or "", "method": row, "labeled": fraction}
+                for metric in table.metrics:
+                    cell = table.cells.get((row, fraction, metric))
+                    if cell is not None:
+                        records.append({**base, "metric": metric, "mean": cell.mean, "std": cell.std, "n": cell.n,
+                                        "best": cell.best})  # fmt: skip
+                gain = table.gains.get((row, fraction))
+                if isinstance(gain, Gain):
+                    p, p_holm = table.pvalues.get((row, fraction), (math.nan, math.nan))
+                    records.append({
+                        **base, "metric": f"delta_{table.gain_metric}", "mean": gain.mean, "n": gain.pairs,
+                        "ci_low": gain.low, "ci_high": gain.high, "p": p, "p_holm": p_holm,
+                        "significant": bool(p_holm < ALPHA) if not math.isnan(p_holm) else "",
+                        "reference": table.reference,
+                    })  # fmt: skip
+    buf = io.StringIO()
+    pd.DataFrame(records, columns=list(CSV_COLUMNS)).to_csv(buf, index=False, float_format="%.6g")
+    return buf.getvalue()
+
+
+def _rich_table(table: ResultTable, fractions: list[float], title: str, caption: str | None) -> Table:
+    cols = _columns(table)
+    rich = Table(title=title, caption=caption, caption_justify="left")
+    rich.add_column("Method", no_wrap=True)
+    for fraction in fractions:
+        for kind, metric in cols:
+            head = _header(kind, metric)
+            rich.add_column(head if len(fractions) == 1 else f"{fraction_text(fraction)}\n{head}", justify="right")
+    for row in table.rows:
+        values: list[Text] = [Text(_row_label(table, row))]
+        for fraction in fractions:
+            for kind, metric in cols:
+                text, bold = _value(table, row, fraction, kind, metric)
+                values.append(Text(text, style="bold green" if bold else ""))
+        rich.add_row(*values)
+    return rich
+
+
+def render_rich(tables: Sequence[ResultTable], width: int | None = None) -> list[Table]:
+    """rich Tables for the terminal, notes as the caption.
+
+    When a table with every labeled fraction side by side is wider than ``width`` it is shown as one
+    table per fraction instead (the notes under the last one).
+    """
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    out = []
+    for table in tables:
+        caption = "\n".join(table.notes)
+        full = _rich_table(table, table.fractions, table.title, caption)
+        if width is not None and len(table.fractions) > 1:
+            console = Console(width=10_000, file=io.StringIO())
+            if Measurement.get(console, console.options, full).maximum > width:
+                last = table.fractions[-1]
+                for f in table.fractions:
+                    title = f"{table.title}, {fraction_text(f)} labeled"
+                    out.append(_rich_table(table, [f], title, caption if f == last else None))
+                continue
+        out.append(full)
+    return out
+
+
+def render(tables: Sequence[ResultTable], fmt: str) -> str:
+    """The tables as text in ``fmt`` (``rich`` gives plain text, as the terminal would show it)."""
+    if fmt == "markdown":
+        return render_markdown(tables)
+    if fmt == "latex":
+        return render_latex(tables)
+    if fmt == "csv":
+        return render_csv(tables)
+    if fmt == "rich":
+        from rich.console import Console
+
+        console = Console(record=True, width=240, file=io.StringIO())
+        for rich in render_rich(tables):
+            console.print(rich)
+        return console.export_text()
+    raise ReportError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")

@@ -1,0 +1,279 @@
+"""One benchmark run's lifecycle: prepare the fold's data, train, evaluate, record."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import platform
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness import __version__
+from harness.api import SegDataset
+from harness.data.datasets import load_dataset
+from harness.data.normalize import fit_normaliser
+from harness.data.splits import fold_parts, load_split, make_split, save_split, split_hash
+from harness.evaluation.evaluate import evaluate_images, summarise
+from harness.evaluation.metrics import METRIC_POLICY
+from harness.generation.pool import synthetic_pool
+from harness.plugins import Registry, get_registry
+from harness.runs.resolve import ResolvedRun, RunSpec
+from harness.runs.store import METRICS_FILE, atomic_write_json, read_run, run_lock, write_rows_csv
+from harness.training.device import autocast_factory, resolve_device, seed_everything
+from harness.training.engine import TrainData, Trainer, make_predictor
+
+# --------------------------------------------------------------------------- execution
+
+Log = Callable[[str], None]
+
+
+def _git_info() -> dict[str, Any]:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"commit": commit, "dirty": bool(dirty)} if commit else {}
+
+
+def load_run_dataset(spec: RunSpec, image_size: int) -> SegDataset:
+    return load_dataset(spec.data, image_size=image_size, resize=spec.resize, include_strata=spec.include_strata)
+
+
+def split_for(spec: RunSpec, dataset: SegDataset, out_dir: Path) -> tuple[dict, Path]:
+    """The split of the run: the given file (made on the fly when absent) or a shared default file."""
+    if spec.split_file:
+        path = Path(spec.split_file)
+    else:
+        path = (
+            out_dir
+            / "splits"
+            / (
+                f"{dataset.name}-{dataset.fingerprint[:8]}-{spec.protocol}-k{spec.k}-v{spec.val_fraction:g}"
+                f"-{spec.val_from}-d{spec.label_draws}-s{spec.split_seed}.json"
+            )
+        )
+    if path.exists():
+        return load_split(path, dataset), path
+    split = make_split(
+        dataset,
+        protocol=spec.protocol,
+        k=spec.k,
+        val_fraction=spec.val_fraction,
+        val_from=spec.val_from,
+        seed=spec.split_seed,
+        label_draws=spec.label_draws,
+    )
+    save_split(split, path)
+    return split, path
+
+
+def _sha256_ids(ids: list[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
+
+
+def execute(
+    run: ResolvedRun,
+    out_dir: Path,
+    *,
+    log: Log = print,
+    show_progress: bool = True,
+    registry: Registry | None = None,
+    device_name: str = "auto",
+) -> Path:
+    """Train and evaluate one resolved run under ``out_dir``; skip it when it is already done."""
+    registry = registry or get_registry()
+    spec, cfg = run.spec, run.config
+    run_dir = Path(out_dir) / run.name
+    with run_lock(run_dir):  # checked under the lock: another process may have just finished it
+        previous = read_run(run_dir)
+        if previous and previous.get("status") == "done":
+            made_by = previous.get("versions", {}).get("segbench")
+            if made_by != __version__:
+                log(f"warning: {run.name} was made by segbench {made_by}, this is {__version__}")
+            log(f"{run.name}: done already, skipped")
+            return run_dir
+        device = resolve_device(device_name)
+        seed_everything(spec.seed, spec.deterministic)
+        if spec.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        started = time.time()
+        record: dict[str, Any] = {
+            "name": run.name,
+            "run_id": run.run_id,
+            "status": "running",
+            "config": cfg,
+            "started": started,
+            "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+            "threads": torch.get_num_threads(),
+            "determinism": {"seed": spec.seed, "deterministic": spec.deterministic},
+            "metric_policy": METRIC_POLICY,
+            "versions": {
+                "segbench": __version__,
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+                "git": _git_info(),
+                "plugins": {
+                    kind: {
+                        "name": name,
+                        "plugin": registry.owner(kind, name).name,
+                        "distribution": registry.owner(kind, name).distribution,
+                        "version": registry.owner(kind, name).version,
+                    }
+                    for kind, name in (
+                        ("ssl_method", spec.ssl),
+                        ("backbone", spec.backbone),
+                        ("generator", cfg["generator"]),
+                    )
+                },
+            },
+        }
+        if previous and previous.get("status") in ("running", "failed"):
+            record["resumed"] = True
+        atomic_write_json(run_dir / "run.json", record)
+        try:
+            _train_and_evaluate(run, run_dir, Path(out_dir), record, device, log, show_progress, registry)
+        except BaseException as exc:
+            record.update(status="failed", error=f"{type(exc).__name__}: {exc}", ended=time.time())
+            atomic_write_json(run_dir / "run.json", record)
+            raise
+        record.update(status="done", ended=time.time())
+        atomic_write_json(run_dir / "run.json", record)
+    return run_dir
+
+
+def _train_and_evaluate(
+    run: ResolvedRun,
+    run_dir: Path,
+    out_dir: Path,
+    record: dict[str, Any],
+    device: torch.device,
+    log: Log,
+    show_progress: bool,
+    registry: Registry,
+) -> None:
+    spec, cfg = run.spec, run.config
+    t0 = time.perf_counter()
+    dataset = load_run_dataset(spec, run.image_size)
+    split, split_path = split_for(spec, dataset, out_dir)
+    parts = fold_parts(split, spec.fold, spec.labeled, spec.draw)
+    record["data"] = {
+        "name": dataset.name,
+        "fingerprint": dataset.fingerprint,
+        "n_images": len(dataset),
+        "split_file": str(split_path),
+        "split_hash": split_hash(split),
+        "protocol": split.get("protocol"),
+        "selection_is_test": parts.selection_is_test,
+        "n_labeled": len(parts.labeled),
+        "n_unlabeled_real": len(parts.unlabeled),
+        "n_val": len(parts.val),
+        "n_test": len(parts.test),
+        "labeled_ids_sha256": _sha256_ids(parts.labeled),
+        "resize": dataset.options.get("resize"),
+        "mask_threshold": dataset.options.get("mask_threshold"),
+        "spacing": dataset.spacing,
+        "load_seconds": round(time.perf_counter() - t0, 3),
+    }
+    lab_idx = dataset.index(parts.labeled)
+    unl_idx = dataset.index(parts.unlabeled)
+    method_cls = registry.get("ssl_method", spec.ssl)
+    pools: list[torch.Tensor] = []
+    if method_cls.uses_unlabeled and spec.unlabeled in ("real", "both"):
+        pools += [dataset.images[unl_idx], dataset.unlabeled]
+    if cfg["generator"] != "none":
+        train_idx = lab_idx + unl_idx
+        want = cfg["n_synthetic"]
+        n = {"train": len(train_idx), "unlabeled": len(unl_idx)}.get(want, want)
+        generator_cls = registry.get("generator", cfg["generator"])
+        synthetic, info = synthetic_pool(
+            cfg["generator"],
+            generator_cls,
+            run.generator_params,
+            images=dataset.images[train_idx],
+            ids=[dataset.ids[i] for i in train_idx],
+            content_hashes=dataset.content_hashes,
+            strata=[dataset.strata[i] for i in train_idx],
+            n=n,
+            seed=spec.seed,
+            image_size=run.image_size,
+            cache_root=out_dir / "generators",
+            device=device,
+            log=log,
+        )
+        record["generator"] = info
+        pools.append(synthetic)
+    unlabeled = torch.cat(pools) if pools else dataset.images[:0]
+    record["data"]["n_unlabeled_total"] = int(unlabeled.shape[0])
+    normaliser = fit_normaliser(spec.normalisation, spec.in_channels, dataset.images[lab_idx + unl_idx])
+    record["normalisation"] = normaliser.as_dict()
+
+    backbone_cls = registry.get("backbone", spec.backbone)
+
+    def build_backbone():
+        return backbone_cls(spec.in_channels, 1, run.backbone_params)
+
+    method = method_cls(build_backbone, run.method_params)
+    record["method"] = {"describe": method.describe(), "parameters": sum(p.numel() for p in method.parameters())}
+    data = TrainData(
+        labeled_images=dataset.images[lab_idx].to(device),
+        labeled_masks=dataset.masks[lab_idx].to(device),
+        unlabeled_images=unlabeled.to(device),
+        val_dataset=dataset,
+        val_indices=dataset.index(parts.val),
+    )
+    atomic_write_json(run_dir / "run.json", record)
+    trainer = Trainer(method, run.settings, data, normaliser, device, run_dir, show_progress=show_progress)
+    result = trainer.train()
+    record["train"] = dataclasses.asdict(result)
+    consistency = getattr(run.method_params, "consistency", None)
+    if consistency is not None:
+        record["train"]["consistency_weight_at_end"] = consistency * result.ramp_factor_at_end
+    log(
+        f"trained {result.steps} iterations at {result.images_per_second:.1f} images/s; "
+        f"best val {run.settings.selection_metric} {result.best_score:.4f} at step {result.best_step}"
+    )
+
+    rows = []
+    test_idx = dataset.index(parts.test)
+    net = method.inference_network()
+    autocast = autocast_factory(device, run.settings.precision)
+    summaries = {}
+    for checkpoint in ("best", "last"):
+        state = torch.load(run_dir / "checkpoints" / f"{checkpoint}.pt", map_location=device, weights_only=True)
+        method.load_state_dict(state["method"])
+        method.eval()
+        predict = make_predictor(net, normaliser, autocast, run.settings.channels_last)
+        ckpt_rows = evaluate_images(
+            predict,
+            dataset,
+            test_idx,
+            resolution=spec.eval_resolution,
+            published=spec.published_metrics,
+            device=device,
+        )
+        for row in ckpt_rows:
+            row["checkpoint"] = checkpoint
+            row["checkpoint_step"] = state["step"]
+        rows += ckpt_rows
+        summaries[checkpoint] = summarise(ckpt_rows)
+    write_rows_csv(run_dir / METRICS_FILE, rows)
+    record["test"] = summaries
+    log(
+        f"test ({'selection set = test set, optimistic' if parts.selection_is_test else 'held-out test'}): "
+        + "; ".join(f"{k}: dice {v['dice']:.4f} hd95 {v['hd95']:.2f}" for k, v in summaries.items())
+    )

@@ -1,0 +1,1 @@
+"""Training: the engine, DDP primitives, augmentation, perturbations, losses, schedules, devices."""

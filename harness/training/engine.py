@@ -1,0 +1,458 @@
+"""The training loop shared by every SSL method.
+
+The engine owns iterations, batches (drawn on the device from uint8 tensors), augmentation, the
+optimiser and poly schedule, autocast, the consistency ramp, validation, checkpoints and resume.
+A method only computes the loss of one step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from harness.api import Batch, SegDataset, SSLMethod, StepContext, StepOutput
+from harness.data.normalize import Normaliser
+from harness.errors import UserError
+from harness.evaluation.evaluate import fast_dice
+from harness.training import ddp
+from harness.training.augment import DeviceAugmenter
+from harness.training.device import autocast_factory, rng_state, set_rng_state
+from harness.training.losses import SUPERVISED_LOSSES
+from harness.training.schedules import consistency_weight, poly_lr, ramp_progress, sigmoid_rampup
+
+
+class NonFiniteLossError(UserError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainSettings:
+    """Everything the loop needs besides the method and the data (all recorded in run.json)."""
+
+    iterations: int
+    labeled_batch: int = 4
+    unlabeled_batch: int = 4
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    poly_power: float = 0.9
+    ramp_horizon: str = "scaled"
+    ramp_fraction: float = 1.0
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    val_every: int = 50
+    checkpoint_every: int = 100
+    log_every: int = 10
+    selection_metric: str = "dice_lesion"
+    seed: int = 0
+    loss: str = "bce-dice"
+
+
+@dataclass
+class TrainData:
+    """Training tensors on the device and the validation images."""
+
+    labeled_images: torch.Tensor  # L x 1 x S x S uint8
+    labeled_masks: torch.Tensor  # L x 1 x S x S bool
+    unlabeled_images: torch.Tensor  # U x 1 x S x S uint8 (real unlabeled and synthetic)
+    val_dataset: SegDataset
+    val_indices: list[int]
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    best_step: int
+    best_score: float
+    seconds: float
+    iterations_per_second: float
+    images_per_second: float
+    final_lr: float
+    ramp_factor_at_end: float
+    resumed_from: int | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """Write a checkpoint to a temporary file, then rename it over ``path``."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def make_predictor(
+    net: nn.Module, normaliser: Normaliser, autocast: Callable[[], Any], channels_last: bool
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``predict(uint8 images on device) -> fp32 logits`` with the run's normalisation and precision."""
+
+    def predict(images: torch.Tensor) -> torch.Tensor:
+        x = normaliser(images)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad(), autocast():
+            return net(x).float()
+
+    return predict
+
+
+class _IndexStream:
+    """Endless shuffled passes over ``n`` items, a pure function of (seed, pass) so resume is exact."""
+
+    def __init__(self, n: int, seed: int, device: torch.device) -> None:
+        self.n, self.seed, self.device = n, seed, device
+        self._cache: dict[int, torch.Tensor] = {}
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._cache:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._cache = {epoch: torch.randperm(self.n, generator=gen).to(self.device)}
+        return self._cache[epoch]
+
+    def take(self, step: int, batch: int) -> torch.Tensor:
+        epoch, offset = divmod(step * batch, self.n)
+        parts, need = [], batch
+        while need > 0:
+            part = self._perm(epoch)[offset : offset + need]
+            parts.append(part)
+            need -= part.numel()
+            epoch, offset = epoch + 1, 0
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+class Trainer:
+    """Runs one training run of ``method`` and keeps its checkpoints under ``run_dir/checkpoints``."""
+
+    def __init__(
+        self,
+        method: SSLMethod,
+        settings: TrainSettings,
+        data: TrainData,
+        normaliser: Normaliser,
+        device: torch.device,
+        run_dir: Path,
+        *,
+        show_progress: bool = True,
+        describe_step: Callable[[dict[str, float]], None] | None = None,
+    ) -> None:
+        self.dist = ddp.current()
+        self.writer = ddp.is_writer()  # only rank 0 of a distributed run writes files
+        if self.dist is not None:
+            ddp.check_batch_split(settings.labeled_batch, settings.unlabeled_batch, method.uses_unlabeled, self.dist)
+            if self.dist.rank == 0:
+                ddp.send_inputs(data, normaliser)
+        self.method = method.to(device)
+        self.s = settings
+        self.data = data
+        self.normaliser = normaliser
+        self.device = device
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.curves_path = self.run_dir / "curves.jsonl"
+        self.show_progress = show_progress
+        self.autocast = autocast_factory(device, settings.precision)
+        if settings.loss not in SUPERVISED_LOSSES:
+            raise UserError(f"unknown loss {settings.loss!r}; use one of {', '.join(SUPERVISED_LOSSES)}")
+        self.loss_fn = SUPERVISED_LOSSES[settings.loss]
+        if settings.channels_last:
+            self.method.to(memory_format=torch.channels_last)
+        self.generator = torch.Generator(device=device).manual_seed(ddp.rank_seed(settings.seed, self.dist))
+        self.augment = DeviceAugmenter(self.generator)
+        self._step: Callable[[Batch, StepContext], StepOutput] = self.method.train_step
+        if self.dist is not None:
+            self.method, self._step = ddp.wrap_method(self.method, self.dist)
+        self.optimizers = [
+            torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+            for groups in method.optimizer_groups()
+        ]
+        n_lab = data.labeled_images.shape[0]
+        if n_lab == 0:
+            raise UserError("no labeled training images: raise --labeled or check the split")
+        self.lab_stream = _IndexStream(n_lab, settings.seed * 2 + 1, device)
+        self.unl_stream: _IndexStream | None = None
+        if method.uses_unlabeled:
+            n_unl = data.unlabeled_images.shape[0]
+            if n_unl == 0:
+                raise UserError(
+                    f"{type(method).__name__} needs unlabeled images but the pool is empty (labeled fraction 1 "
+                    "and no generator?): lower --labeled, add --generator ldm, or use --ssl supervised"
+                )
+            self.unl_stream = _IndexStream(n_unl, settings.seed * 2 + 2, device)
+        self.best_score = -math.inf
+        self.best_step = -1
+        self.start_step = 0
+        self.resumed_from: int | None = None
+        self._net = method.inference_network()
+        self._compiled = torch.compile(self._net) if settings.compile else self._net
+
+    # ------------------------------------------------------------------ data
+
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.normaliser(images)
+        return x.contiguous(memory_format=torch.channels_last) if self.s.channels_last else x
+
+    def batch(self, step: int) -> Batch:
+        """The labeled and unlabeled batch of ``step`` (augmented, normalised, on the device)."""
+        d = self.data
+        idx = self.lab_stream.take(step, self.s.labeled_batch)
+        if self.dist is not None:
+            idx = ddp.local_slice(idx, self.dist)
+        images = d.labeled_images.index_select(0, idx).float()
+        masks = d.labeled_masks.index_select(0, idx).float()
+        images, masks = self.augment.geometric(images, masks)
+        unl_raw = images.new_zeros((0, *images.shape[1:]))
+        if self.unl_stream is not None:
+            uidx = self.unl_stream.take(step, self.s.unlabeled_batch)
+            if self.dist is not None:
+                uidx = ddp.local_slice(uidx, self.dist)
+            unl_raw, _ = self.augment.geometric(d.unlabeled_images.index_select(0, uidx).float())
+        return Batch(
+            labeled_images=self._prepare(images),
+            labeled_masks=masks,
+            unlabeled_images=self._prepare(unl_raw),
+            unlabeled_raw=unl_raw,
+        )
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _full_state(self, step: int) -> dict[str, Any]:
+        state = {
+            "step": step,
+            "method": self.method.state_dict(),
+            "optimizers": [opt.state_dict() for opt in self.optimizers],
+            "rng": rng_state(self.generator),
+            "best_score": self.best_score,
+            "best_step": self.best_step,
+        }
+        if self.dist is not None:  # every rank's RNG streams, so that a resumed distributed run continues exactly
+            state["rng_ranks"] = ddp.gather_objects(state["rng"])
+        return state
+
+    def save_latest(self, step: int) -> None:
+        state = self._full_state(step)  # collective in a distributed run: every rank calls it
+        if not self.writer:
+            return
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        atomic_torch_save(state, self.ckpt_dir / "latest.pt")
+
+    def _save_weights(self, name: str, step: int, score: float) -> None:
+        if not self.writer:
+            return
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        atomic_torch_save({"step": step, "score": score, "method": self.method.state_dict()}, self.ckpt_dir / name)
+
+    def try_resume(self) -> None:
+        """Continue from checkpoints/latest.pt when it exists (and trim curves written after it)."""
+        path = self.ckpt_dir / "latest.pt"
+        if not path.exists():
+            return
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        self.method.load_state_dict(state["method"])
+        for opt, opt_state in zip(self.optimizers, state["optimizers"], strict=True):
+            opt.load_state_dict(opt_state)
+        rng = state["rng"]
+        if self.dist is not None:
+            ranks = state.get("rng_ranks") or []
+            # a checkpoint of another world size continues with fresh streams on the ranks it lacks
+            if len(ranks) == self.dist.world_size:
+                rng = ranks[self.dist.rank]
+            elif self.dist.rank != 0:
+                rng = None
+        if rng is not None:
+            set_rng_state(rng, self.generator)
+        self.best_score, self.best_step = state["best_score"], state["best_step"]
+        self.start_step = self.resumed_from = int(state["step"]) + 1
+        if self.writer and self.curves_path.exists():
+            kept = [
+                line
+                for line in self.curves_path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", -1) < self.start_step
+            ]
+            tmp = self.curves_path.with_suffix(".tmp")
+            tmp.write_text("".join(f"{line}\n" for line in kept))
+            os.replace(tmp, self.curves_path)
+
+    # ------------------------------------------------------------------ loop
+
+    def _context(self, step: int) -> StepContext:
+        s = self.s
+        return StepContext(
+            step=step,
+            total_steps=s.iterations,
+            device=self.device,
+            autocast=self.autocast,
+            supervised_loss=self.loss_fn,
+            ramp=lambda w: consistency_weight(w, step, s.iterations, s.ramp_horizon, s.ramp_fraction),  # type: ignore[arg-type]
+            augment=self.augment,
+            generator=self.generator,
+        )
+
+    def validate(self) -> dict[str, float]:
+        self.method.eval()
+        try:
+            predict = make_predictor(self._compiled, self.normaliser, self.autocast, self.s.channels_last)
+            scores = fast_dice(predict, self.data.val_dataset, self.data.val_indices, batch_size=16, device=self.device)
+        finally:
+            self.method.train()
+        return scores
+
+    def _selection_score(self, scores: dict[str, float]) -> float:
+        value = scores.get(self.s.selection_metric, math.nan)
+        if math.isnan(value):  # e.g. no lesion image in the val set
+            value = scores.get("dice_all", math.nan)
+        return value
+
+    def _write_curves(self, rows: list[dict[str, Any]]) -> None:
+        if not self.writer:
+            return
+        with self.curves_path.open("a") as fh:
+            for row in rows:
+                fh.write(json.dumps(row) + "\n")
+
+    def train(self) -> TrainResult:
+        s = self.s
+        if self.writer:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.try_resume()
+        self.method.train()
+        window: list[tuple[int, float, torch.Tensor, dict[str, torch.Tensor]]] = []
+        last_val: dict[str, float] = {}
+        t0 = time.perf_counter()
+        progress = _Progress(s.iterations, self.start_step, enabled=self.show_progress and self.writer)
+        lr = s.lr
+        for step in range(self.start_step, s.iterations):
+            lr = poly_lr(s.lr, step, s.iterations, s.poly_power)
+            for opt in self.optimizers:
+                for group in opt.param_groups:
+                    group["lr"] = lr * group.get("lr_scale", 1.0)
+            ctx = self._context(step)
+            out = self._step(self.batch(step), ctx)
+            for opt in self.optimizers:
+                opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            for opt in self.optimizers:
+                opt.step()
+            self.method.after_step(ctx)
+            logs = {
+                k: (v.detach().float() if torch.is_tensor(v) else torch.tensor(float(v))) for k, v in out.logs.items()
+            }
+            window.append((step, lr, out.loss.detach().float(), logs))
+
+            last = step == s.iterations - 1
+            if (step + 1) % s.log_every == 0 or last:
+                rows = self._flush(window)
+                window = []
+                progress.update(step + 1, rows[-1], last_val)
+            if ((step + 1) % s.val_every == 0 or last) and self.writer:
+                last_val = self.validate()
+                score = self._selection_score(last_val)
+                if score > self.best_score:
+                    self.best_score, self.best_step = score, step
+                    self._save_weights("best.pt", step, score)
+                self._write_curves([{"step": step, "event": "val", **last_val}])
+                progress.update(step + 1, None, last_val)
+            if (step + 1) % s.checkpoint_every == 0 and not last:
+                self.save_latest(step)
+        progress.close()
+        seconds = time.perf_counter() - t0
+        done = s.iterations - self.start_step
+        self._save_weights("last.pt", s.iterations - 1, self.best_score)
+        self.save_latest(s.iterations - 1)
+        per_step = s.labeled_batch + (s.unlabeled_batch if self.unl_stream is not None else 0)
+        extra: dict[str, Any] = {}
+        if self.device.type == "cuda":
+            extra["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 3)
+        if self.dist is not None:
+            extra.update(
+                world_size=self.dist.world_size,
+                sync_batchnorm=self.dist.sync_bn,
+                replicas_identical=ddp.parameters_identical(self.method),
+            )
+        ips = done / seconds if seconds > 0 and done else 0.0
+        return TrainResult(
+            steps=s.iterations,
+            best_step=self.best_step,
+            best_score=self.best_score,
+            seconds=seconds,
+            iterations_per_second=ips,
+            images_per_second=ips * per_step,
+            final_lr=lr,
+            ramp_factor_at_end=sigmoid_rampup(
+                ramp_progress(s.iterations - 1, s.iterations, s.ramp_horizon, s.ramp_fraction)  # type: ignore[arg-type]
+            ),
+            resumed_from=self.resumed_from,
+            extra=extra,
+        )
+
+    def _flush(self, window: list[tuple[int, float, torch.Tensor, dict[str, torch.Tensor]]]) -> list[dict]:
+        """One host sync per logging window: write the curves, stop on a non-finite loss."""
+        keys = sorted({k for *_, logs in window for k in logs})
+        stacked = torch.stack(
+            [
+                torch.stack([loss, *[logs.get(k, torch.tensor(math.nan)).to(loss.device) for k in keys]])
+                for _, _, loss, logs in window
+            ]
+        )
+        # a distributed run logs the mean over ranks: the loss of the global batch
+        stacked = ddp.mean_over_ranks(stacked).cpu().tolist()
+        rows = []
+        for (step, lr, _, _), values in zip(window, stacked, strict=True):
+            row = {"step": step, "lr": lr, "loss": values[0], **dict(zip(keys, values[1:], strict=True))}
+            rows.append(row)
+        self._write_curves(rows)
+        bad = next((r for r in rows if not math.isfinite(r["loss"])), None)
+        if bad is not None:
+            terms = ", ".join(f"{k}={v:.4g}" for k, v in bad.items() if k not in ("step", "lr"))
+            raise NonFiniteLossError(
+                f"non-finite loss at step {bad['step']} ({terms}); the last good checkpoint is kept in "
+                f"{self.ckpt_dir}. Lower the learning rate (--set lr=...) or use --precision fp32."
+            )
+        return rows
+
+
+class _Progress:
+    """A rich progress bar: step/total, it/s, ETA, loss terms, lr and the last val Dice."""
+
+    def __init__(self, total: int, start: int, enabled: bool) -> None:
+        self.enabled = enabled
+        if not enabled:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._bar = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[speed]}"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            transient=False,
+        )
+        self._bar.start()
+        self._task = self._bar.add_task("train", total=total, completed=start, speed="", info="")
+        self._t0, self._s0 = time.perf_counter(), start
+        self._info = ""
+
+    def update(self, step: int, row: dict[str, Any] | None, val: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        elapsed = time.perf_counter() - self._t0
+        speed = f"{(step - self._s0) / elapsed:.2f} it/s" if elapsed > 0 else ""
+        if row is not None:
+            terms = " ".join(f"{k}={v:.3f}" for k, v in row.items() if k not in ("step", "lr"))
+            self._info = f"{terms} lr={row['lr']:.2e}"
+        val_txt = f" val_dice={val.get('dice_lesion', math.nan):.3f}" if val else ""
+        self._bar.update(self._task, completed=step, speed=speed, info=self._info + val_txt)
+
+    def close(self) -> None:
+        if self.enabled:
+            self._bar.stop()

@@ -1,0 +1,1 @@
+"""Built-in dataset sources: a folder of images + masks, and the procedural phantom."""
