@@ -20,7 +20,7 @@ app = typer.Typer(
 )
 
 # Each module adds its commands with register(app); plugins add theirs through register_commands.
-COMMAND_MODULES = ("plugins", "data", "backbones", "generate", "run", "report", "predict", "status")
+COMMAND_MODULES = ("plugins", "params", "data", "backbones", "generate", "run", "report", "predict", "status")
 
 
 def _warn_plugin_problems() -> None:

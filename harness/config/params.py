@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import re
 import types
 import typing
 from typing import Any, Literal, get_args, get_origin
@@ -15,11 +17,11 @@ class ConfigError(UserError, ValueError):
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, dict[str, str]]:
-    """Split ``["backbone.width=32", "loss=ssl4mis"]`` into ``{"backbone": {...}, "": {...}}``."""
+    """Split ``["backbone.dim_mult=2", "loss=ssl4mis"]`` into ``{"backbone": {...}, "": {...}}``."""
     out: dict[str, dict[str, str]] = {}
     for item in items or []:
         if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set backbone.width=32")
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set backbone.dim_mult=2")
         key, value = item.split("=", 1)
         scope, _, name = key.strip().rpartition(".")
         if not name:
@@ -113,4 +115,93 @@ def describe_params(cls: type) -> list[tuple[str, str, Any]]:
         else:
             default = dataclasses.MISSING
         rows.append((f.name, getattr(hints[f.name], "__name__", str(hints[f.name])), default))
+    return rows
+
+
+def type_name(tp: Any) -> str:
+    """A short, readable name of a field type: ``int``, ``tuple[int, ...]``, ``bf16 | fp32``."""
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(str(choice) for choice in get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(type_name(arg) for arg in get_args(tp))
+    if origin is not None:
+        args = ", ".join("..." if arg is Ellipsis else type_name(arg) for arg in get_args(tp))
+        return f"{getattr(origin, '__name__', str(origin))}[{args}]"
+    if tp is type(None):
+        return "None"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _comment_help(cls: type) -> dict[str, str]:
+    """Help from ``#:`` comments above a field and from a trailing ``# ...`` comment on its line."""
+    try:
+        lines, _ = inspect.getsourcelines(cls)
+    except (OSError, TypeError):
+        return {}
+    out: dict[str, str] = {}
+    pending: list[str] = []
+    for line in lines[1:]:
+        stripped = line.strip()
+        if stripped.startswith("#:"):
+            pending.append(stripped[2:].strip())
+            continue
+        match = re.match(r"([A-Za-z_]\w*)\s*:[^=]*(?:=.*)?$", stripped)
+        if match and not stripped.startswith(("def ", "class ", "@")):
+            trailing = stripped.split("  # ", 1)[1].strip() if "  # " in stripped else ""
+            text = " ".join(pending) or trailing
+            if text:
+                out.setdefault(match.group(1), text)
+        pending = []
+    return out
+
+
+def _docstring_help(cls: type) -> dict[str, str]:
+    """Help from ``name: text`` or ``` ``name``: text``` lines of the class docstring."""
+    out: dict[str, str] = {}
+    for line in (inspect.getdoc(cls) or "").splitlines():
+        match = re.match(r"\s*[-*]?\s*``?(\w+)``?\s*[:—-]\s+(.+)", line)
+        if match:
+            out.setdefault(match.group(1), match.group(2).strip())
+    return out
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """Help text per field: ``field(metadata={"help": ...})``, else a ``#:`` comment, else the docstring."""
+    if not dataclasses.is_dataclass(cls):
+        return {}
+    comments: dict[str, str] = {}
+    doc: dict[str, str] = {}
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):  # a subclass's text wins
+        comments.update(_comment_help(klass))
+        doc.update(_docstring_help(klass))
+    out = {}
+    for f in dataclasses.fields(cls):
+        text = f.metadata.get("help") or comments.get(f.name) or doc.get(f.name) or ""
+        out[f.name] = str(text)
+    return out
+
+
+def param_table(cls: type, presets: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Every field of a parameters dataclass: name, type, default, per-preset value and help text.
+
+    ``presets`` is the component's ``PRESETS`` table; a preset appears under a field only when it
+    changes that field.
+    """
+    if not dataclasses.is_dataclass(cls):
+        return []
+    hints = typing.get_type_hints(cls)
+    helps = field_help(cls)
+    rows = []
+    for name, _, default in describe_params(cls):
+        rows.append(
+            {
+                "name": name,
+                "type": type_name(hints[name]),
+                "default": None if default is dataclasses.MISSING else default,
+                "required": default is dataclasses.MISSING,
+                "presets": {p: values[name] for p, values in (presets or {}).items() if name in values},
+                "help": helps.get(name, ""),
+            }
+        )
     return rows

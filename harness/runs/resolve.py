@@ -27,45 +27,82 @@ Log = Callable[[str], None]
 class RunSpec:
     """What the user asked for one run; None means 'the preset's default'."""
 
+    #: SSL method (bench params ssl lists them); bench run --ssl
     ssl: str = "mgcc"
+    #: segmentation network; bench run --backbone
     backbone: str = "cmunet"
+    #: generator of synthetic unlabeled images ('none': real images only); bench run --generator
     generator: str = "none"
+    #: dataset folder or registered name with options, e.g. phantom:count=400 (None: the phantom)
     data: str | None = None
+    #: labeled fraction of the fold's training part (0.25 or 1/4); bench run --labeled
     labeled: float = 0.25
+    #: test fold; bench run --folds
     fold: int = 0
+    #: which labeled-subset draw of the split; bench run --label-draws
     draw: int = 0
+    #: training seed; bench run --seeds
     seed: int = 0
+    #: quick, medium or paper: sizes, lengths and component presets
     preset: str = "quick"
+    #: square model input size (None: the preset's)
     image_size: int | None = None
+    #: training iterations T (None: the preset's)
     iterations: int | None = None
+    #: labeled images per batch
     labeled_batch: int = 4
+    #: unlabeled images per batch (bench run --batch gives labeled + unlabeled)
     unlabeled_batch: int = 4
+    #: 1 (grey) or 3 (grey replicated, as published)
     in_channels: int = 1
-    resize: str | None = None  # None: the dataset.toml default, else squash
+    #: squash (published) or pad (keeps aspect ratio); None: dataset.toml's, else squash
+    resize: str | None = None
+    #: only these strata, e.g. benign,malignant (None: all)
     include_strata: list[str] | None = None
+    #: zscore (per image) or published (the published code's scaling)
     normalisation: str = "zscore"
+    #: bf16 or fp32 training (None: the preset's)
     precision: str | None = None
+    #: channels_last memory layout (None: on)
     channels_last: bool | None = None
+    #: torch.compile the validation network
     compile: bool = False
+    #: iterations between validations (None: the preset's)
     val_every: int | None = None
+    #: iterations between resumable checkpoints (None: the preset's)
     checkpoint_every: int | None = None
+    #: horizon of the consistency ramp: scaled (to T) or published (None: the preset's)
     ramp_horizon: str | None = None
+    #: share of the ramp horizon over which the consistency weight rises
     ramp_fraction: float = 1.0
+    #: supervised loss: bce-dice or ssl4mis
     loss: str = "bce-dice"
+    #: initial SGD learning rate (poly decay)
     lr: float = 0.01
+    #: score test masks at native image size or at the model's input size
     eval_resolution: str = "native"
+    #: also compute the published code's metrics
     published_metrics: bool = False
+    #: unlabeled pool: real, synthetic or both
     unlabeled: str = "both"
     #: synthetic images per fold: a count, "train" (as many as the fold's training images, the default)
     #: or "unlabeled" (as many as its real unlabeled images: count-matched pools)
     n_synthetic: int | str | None = None
+    #: kfold or paper-like (3 x 70/30, selection on test)
     protocol: str = "kfold"
+    #: number of folds of the split made on the fly
     k: int = 5
+    #: share of each fold's training part held out for model selection
     val_fraction: float = 0.1
+    #: validation images from train (default) or labeled
     val_from: str = "train"
+    #: independent labeled-subset draws per fold in the split made on the fly
     label_draws: int = 3
+    #: seed of the split made on the fly
     split_seed: int = 0
+    #: split JSON file (None: made on the fly)
     split_file: str | None = None
+    #: deterministic kernels (slower)
     deterministic: bool = False
     overrides: dict[str, dict[str, str]] = field(default_factory=dict)
 

@@ -23,8 +23,11 @@ from plugins.backbones.blocks import UNetDecoder, UNetEncoder, context_blocks
 class CMUNetParams:
     """CMU-Net / MGCC network settings (paper: dim_mult 4, three ConvMixer blocks of depth 3, kernel 7)."""
 
+    #: width multiplier: stage widths are 16*dim_mult*(1, 2, 4, 8, 16) (paper 4)
     dim_mult: int = 4
+    #: depth of each ConvMixer context block at the bottleneck; one block per entry (paper 3,3,3)
     lengths: tuple[int, ...] = (3, 3, 3)
+    #: depthwise kernel size of the ConvMixer blocks (odd)
     kernel: int = 7
 
     def __post_init__(self) -> None:

@@ -35,11 +35,17 @@ class SMPBackboneError(UserError, ValueError):
 class SMPParams:
     """smp U-Net settings. ``decoder_channels`` () means smp's default for the depth."""
 
+    #: smp encoder name (resnet34, efficientnet-b0, ...) or 'tu-' + a timm model name (tu-resnet10t)
     encoder: str = "resnet34"
+    #: encoder stages used, 1 to 5; the input size must be a multiple of 2**depth
     depth: int = 5
+    #: decoder widths, one per stage, deep to shallow (empty: smp's 256,128,64,32,16)
     decoder_channels: tuple[int, ...] = ()
+    #: ConvMixer context blocks at the bottleneck, one depth per block (empty: none; mgcc needs 3)
     context_lengths: tuple[int, ...] = ()
+    #: depthwise kernel size of the context blocks (odd)
     kernel: int = 7
+    #: local state-dict file of pretrained encoder weights (smp, whole smp model or timm keys); None: random
     weights: str | None = None
 
     def __post_init__(self) -> None:

@@ -21,8 +21,11 @@ from plugins.backbones.blocks import UNetDecoder, UNetEncoder, context_blocks
 class UNetParams:
     """Plain U-Net settings: base width (channels double at each of the 5 levels) and optional context."""
 
+    #: channels of the first level; they double at each of the 5 levels
     width: int = 16
+    #: ConvMixer context blocks at the bottleneck, one depth per block (empty: none; mgcc needs 3)
     context_lengths: tuple[int, ...] = ()
+    #: depthwise kernel size of the context blocks (odd)
     kernel: int = 7
 
     def __post_init__(self) -> None:

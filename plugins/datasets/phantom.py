@@ -37,8 +37,11 @@ STRATA_SHARES = (("benign", 0.56), ("malignant", 0.27), ("normal", 0.17))
 class PhantomParams:
     """Parameters of the phantom dataset (``--data phantom:count=50,size=64``)."""
 
+    #: number of images generated
     count: int = 200
+    #: height and width of the generated images in pixels
     size: int = 128
+    #: seed of the generator: the same seed gives the same images
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -27,6 +27,7 @@ _SLOT: dict[str, Any] = {}
 class LocalParams:
     """``jobs``: runs trained at the same time, each in its own process."""
 
+    #: runs trained at the same time, each in its own process (and GPU)
     jobs: int = 1
 
     def __post_init__(self) -> None:

@@ -44,6 +44,7 @@ RUNNING_STATES = {"RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT"}
 class SlurmParams:
     """Options of the slurm executor (``--slurm-*`` on ``bench run``; the rest with ``--exec-set``)."""
 
+    #: Slurm partition to submit to (default: the cluster's)
     partition: str | None = None
     #: GPUs per job; default: --gpus (1) unless --device cpu, then 0
     gpus_per_job: int | None = None

@@ -25,10 +25,15 @@ from harness.training.perturb import Dropout, FeatureDropout, FeatureNoise, Pert
 class CCTParams:
     """SSL4MIS ``UNet_CCT`` defaults (consistency 0.1 with the shared ramp)."""
 
+    #: final weight of the unlabeled consistency loss (reached by the sigmoid ramp)
     consistency: float = 0.1
+    #: auxiliary decoder 1: uniform feature noise in +-noise_range, multiplicative
     noise_range: float = 0.3
+    #: auxiliary decoder 2: channel dropout probability on the features
     dropout: float = 0.3
+    #: auxiliary decoder 3 (feature dropout): lower bound of the random attention threshold
     drop_low: float = 0.7
+    #: auxiliary decoder 3 (feature dropout): upper bound of the random attention threshold
     drop_high: float = 0.9
 
     def __post_init__(self) -> None:

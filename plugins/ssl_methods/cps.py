@@ -23,7 +23,9 @@ from harness.training.losses import pseudo_label_bce
 class CPSParams:
     """SSL4MIS defaults."""
 
+    #: final weight of the cross pseudo-supervision loss (reached by the sigmoid ramp)
     consistency: float = 0.1
+    #: one optimiser for both networks instead of one each
     shared_optimizer: bool = False
 
 

@@ -25,11 +25,17 @@ from harness.training.perturb import draw_normal
 class MeanTeacherParams:
     """SSL4MIS defaults; ``consistency_start`` is scaled down in the short presets."""
 
+    #: final weight of the student-teacher probability MSE (reached by the sigmoid ramp)
     consistency: float = 0.1
+    #: iteration before which the consistency loss is off
     consistency_start: int = 1000
+    #: EMA decay of the teacher weights, in [0, 1)
     ema_decay: float = 0.99
+    #: std of the Gaussian noise added to the teacher's input
     noise_std: float = 0.1
+    #: the teacher's input noise is clamped to +-noise_clip
     noise_clip: float = 0.2
+    #: network that is validated and tested: 'student' or 'teacher'
     eval: Literal["student", "teacher"] = "student"
 
     def __post_init__(self) -> None:

@@ -34,7 +34,9 @@ MIN_CONTEXT_STAGES = 3
 class MGCCParams(CCTParams):
     """Published defaults: consistency weight 7, release perturbation order."""
 
+    #: final weight of the multi-level cross-consistency loss (published 7)
     consistency: float = 7.0
+    #: which perturbation each auxiliary decoder gets: 'release' (published code) or 'first-commit'
     order: Literal["release", "first-commit"] = "release"
 
 

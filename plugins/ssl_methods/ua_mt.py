@@ -25,9 +25,13 @@ from plugins.ssl_methods.mean_teacher import MeanTeacher, MeanTeacherParams
 class UAMTParams(MeanTeacherParams):
     """SSL4MIS defaults: T = 8 teacher passes, threshold from 0.75 to 1.0 of ln 2."""
 
+    #: iteration before which the consistency loss is off
     consistency_start: int = 0
+    #: noisy teacher passes used to estimate uncertainty (even)
     passes: int = 8
+    #: uncertainty threshold at the start, as a fraction of ln 2 (ramped)
     threshold_start: float = 0.75
+    #: uncertainty threshold at the end of the ramp, as a fraction of ln 2
     threshold_end: float = 1.0
 
     def __post_init__(self) -> None:

@@ -11,8 +11,18 @@ from rich.table import Table
 from harness.plugins import get_registry
 
 
-def plugins(as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON.")) -> None:
+def plugins(
+    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+    with_params: bool = typer.Option(
+        False, "--params", help="List every component's parameters instead (the same as `bench params`)."
+    ),
+) -> None:
     """List every plugin: distribution, module, hooks, components and load status."""
+    if with_params:
+        from harness.cli.commands.params import params
+
+        params(None, None, as_json)
+        return
     registry = get_registry()
     rows = [info.as_dict() for info in sorted(registry.plugins.values(), key=lambda i: i.name)]
     if as_json:

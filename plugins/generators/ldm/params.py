@@ -22,42 +22,71 @@ class LDMParams:
     """
 
     # first stage: KL autoencoder (diffusers AutoencoderKL); 2^(len(ae_channels) - 1) down-sampling
+    #: autoencoder widths per level; 2**(levels-1) spatial down-sampling
     ae_channels: tuple[int, ...] = (64, 128, 256, 512)
+    #: residual blocks per autoencoder level
     ae_layers_per_block: int = 1
+    #: GroupNorm groups in the autoencoder (widths must be multiples)
     ae_norm_groups: int = 32
+    #: channels of the latent the denoiser works in
     latent_channels: int = 8
+    #: autoencoder reconstruction loss
     recon_loss: Literal["l1", "mse", "l1+mse"] = "mse"
+    #: weight of the autoencoder's KL term
     kl_weight: float = 1e-6
     #: weight of an L1 loss between log amplitude spectra of image and reconstruction: pushes the
     #: decoder to keep speckle-like texture that a pixel loss averages away (0 = off, as medfusion's VAE)
     ae_spectral_weight: float = 0.0
+    #: autoencoder training steps
     ae_steps: int = 20000
+    #: autoencoder batch size
     ae_batch: int = 8
+    #: autoencoder learning rate (Adam)
     ae_lr: float = 1e-4
     # second stage: denoiser (diffusers UNet2DModel) on scaled latents
+    #: denoiser UNet widths per level
     unet_channels: tuple[int, ...] = (256, 256, 512, 1024)
+    #: residual blocks per denoiser level
     unet_layers_per_block: int = 1
+    #: GroupNorm groups in the denoiser (widths must be multiples)
     unet_norm_groups: int = 32
+    #: self-attention blocks in the denoiser
     unet_attention: bool = False
+    #: diffusion steps T of the noise schedule
     train_timesteps: int = 1000
+    #: first beta of the noise schedule
     beta_start: float = 0.002
+    #: last beta of the noise schedule
     beta_end: float = 0.02
+    #: shape of the beta schedule
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "scaled_linear"
+    #: what the denoiser predicts: the noise (epsilon) or v
     prediction: Literal["epsilon", "v_prediction"] = "epsilon"
+    #: denoiser training steps
     unet_steps: int = 30000
+    #: denoiser batch size
     unet_batch: int = 32
+    #: denoiser learning rate (AdamW)
     unet_lr: float = 1e-4
     #: EMA decay of the denoiser weights used for sampling; 0 disables the EMA
     ema_decay: float = 0.999
+    #: gradient-norm clip of both stages
     grad_clip: float = 1.0
+    #: horizontal-flip augmentation while fitting
     hflip: bool = True
     # optional class conditioning on the image stratum, with classifier-free guidance
+    #: condition the denoiser on the image stratum (benign/malignant/normal)
     conditional: bool = False
+    #: probability of dropping the condition while fitting (classifier-free guidance)
     cond_dropout: float = 0.5
+    #: classifier-free guidance scale at sampling (1: none)
     guidance_scale: float = 1.0
     # sampling (changing these never refits the model)
+    #: DDIM sampling steps (changing it never refits)
     sample_steps: int = 150
+    #: DDIM eta: 0 deterministic, 1 DDPM-like
     eta: float = 0.0
+    #: images sampled per batch
     sample_batch: int = 32
     #: the most synthetic images a run's unlabeled pool takes by default (None: no cap)
     max_samples: int | None = None
