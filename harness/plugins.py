@@ -90,9 +90,22 @@ class Registry:
             hint = difflib.get_close_matches(name, self.names(kind), n=1)
             extra = f" Did you mean {hint[0]!r}?" if hint else ""
             raise PluginError(
-                f"unknown {kind.replace('_', ' ')} {name!r}; installed: {known}.{extra} "
+                f"unknown {kind.replace('_', ' ')} {name!r}; installed: {known}.{extra}{self._disabled_hint(name)} "
                 "Run `bench plugins` to see what is installed and what failed to load."
             ) from None
+
+    def _disabled_hint(self, name: str) -> str:
+        """Point at a plugin that SEGBENCH_LOAD_PLUGINS / SEGBENCH_DISABLE_PLUGINS kept from loading."""
+        disabled = sorted(n for n, info in self.plugins.items() if info.status == "disabled")
+        if not disabled:
+            return ""
+        same = [n for n in disabled if n.replace("_", "-") == name.replace("_", "-")]
+        if same:
+            return (
+                f" Plugin {same[0]!r} is disabled: add it to SEGBENCH_LOAD_PLUGINS "
+                "(or remove it from SEGBENCH_DISABLE_PLUGINS)."
+            )
+        return f" Disabled by SEGBENCH_LOAD_PLUGINS / SEGBENCH_DISABLE_PLUGINS: {', '.join(disabled)}."
 
     def owner(self, kind: str, name: str) -> PluginInfo:
         return self.plugins[self.owners[(kind, name)]]

@@ -92,6 +92,15 @@ def test_disable_and_load_lists(fake_entry_points):
     assert only.plugins["two"].status == "disabled"
 
 
+def test_a_component_of_a_disabled_plugin_names_the_plugin_to_add(fake_entry_points):
+    eps = fake_entry_points(one=_good_plugin("segbench_test_one", "c1"), c2=_good_plugin("segbench_test_two", "c2"))
+    only = build_registry(entry_points=eps, env={"SEGBENCH_LOAD_PLUGINS": "one"})
+    with pytest.raises(PluginError, match="Plugin 'c2' is disabled: add it to SEGBENCH_LOAD_PLUGINS"):
+        only.get("backbone", "c2")
+    with pytest.raises(PluginError, match="Disabled by SEGBENCH_LOAD_PLUGINS / SEGBENCH_DISABLE_PLUGINS: c2"):
+        only.get("backbone", "c3")
+
+
 def test_misspelt_hook_is_an_error_naming_the_plugin(fake_entry_points):
     @hookimpl
     def register_backbone(register):  # missing the final "s"

@@ -271,8 +271,18 @@ def test_supervised_comparison_pairs_same_backbone(frame: pd.DataFrame) -> None:
 def test_explicit_reference_row_and_bad_reference(frame: pd.DataFrame) -> None:
     (table,) = build_tables(frame, defaults=fake_defaults, compare="supervised/unet", resamples=200)
     assert table.gains[("mgcc + ldm / cmunet", 0.5)].mean == pytest.approx(0.12, abs=0.005)
-    with pytest.raises(UserError, match="not a row"):
+    with pytest.raises(UserError, match="neither a row nor a method"):
         build_tables(frame, defaults=fake_defaults, compare="cps / unet")
+
+
+def test_compare_with_a_bare_method_name_uses_its_row_of_the_same_backbone(frame: pd.DataFrame) -> None:
+    (table,) = build_tables(frame, defaults=fake_defaults, compare="mean-teacher", resamples=200)
+    assert table.gains[("mean_teacher / unet", 0.25)] == "ref"
+    assert table.gains[("supervised / unet", 0.25)].pairs == 3
+    assert not any(row.endswith("cmunet") for row, _ in table.gains)  # no mean-teacher row on cmunet
+    assert "the mean-teacher row of the same backbone" in table.reference
+    with pytest.raises(UserError, match="methods: .*mean_teacher"):
+        build_tables(frame, defaults=fake_defaults, compare="cps")
 
 
 def test_significance_marks_known_answer(frame: pd.DataFrame) -> None:

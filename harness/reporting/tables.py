@@ -318,26 +318,33 @@ def _cells(
 
 
 def _reference_rows(runs: pd.DataFrame, rows: list[str], compare: str | None) -> dict[str, str]:
-    """``{row label: reference row label}`` for the rows that have a reference."""
+    """``{row label: reference row label}`` for the rows that have a reference.
+
+    ``compare`` is a row label, or a method name (``mean-teacher``): then each row is compared with
+    that method's row of the same backbone. ``None`` means ``supervised`` when there is one.
+    """
     if compare is not None and compare.lower() == "none":
         return {}
-    if compare is None or compare.lower() == "supervised":
-        supervised = runs[runs["ssl"] == "supervised"]
-        if supervised.empty:
-            if compare is None:
-                return {}
-            raise ReportError("--compare supervised: no supervised runs in this table; use --compare none or a row")
-        per_backbone: dict[str, str] = {}
-        for backbone, part in supervised.groupby("backbone"):
-            labels = sorted(part["label"].unique(), key=lambda s: (len(s), s))
-            per_backbone[backbone] = labels[0]
-        row_backbone = runs.drop_duplicates("label").set_index("label")["backbone"]
-        return {r: per_backbone[row_backbone[r]] for r in rows if row_backbone[r] in per_backbone}
-    wanted = "".join(compare.split()).lower()
+    wanted = "".join((compare or "").split()).lower()
     match = [r for r in rows if "".join(r.split()).lower() == wanted]
-    if not match:
-        raise ReportError(f"--compare {compare!r} is not a row of this table; rows: {'; '.join(rows)}")
-    return {r: match[0] for r in rows}
+    if match:
+        return {r: match[0] for r in rows}
+    method = (wanted or "supervised").replace("_", "-")
+    reference = runs[runs["ssl"].str.lower().str.replace("_", "-") == method]
+    if reference.empty:
+        if compare is None:
+            return {}
+        methods = ", ".join(sorted(runs["ssl"].unique()))
+        raise ReportError(
+            f"--compare {compare!r} is neither a row nor a method of this table; methods: {methods}; "
+            f"rows: {'; '.join(rows)}; or --compare none"
+        )
+    per_backbone: dict[str, str] = {}
+    for backbone, part in reference.groupby("backbone"):
+        labels = sorted(part["label"].unique(), key=lambda s: (len(s), s))
+        per_backbone[backbone] = labels[0]
+    row_backbone = runs.drop_duplicates("label").set_index("label")["backbone"]
+    return {r: per_backbone[row_backbone[r]] for r in rows if row_backbone[r] in per_backbone}
 
 
 def _comparisons(
@@ -439,9 +446,14 @@ def _reference_text(refs: dict[str, str], compare: str | None) -> str | None:
     if not refs:
         return None
     targets = sorted(set(refs.values()))
-    if compare is None or compare.lower() == "supervised":
-        return "the supervised row of the same backbone (here " + "; ".join(targets) + ")"
-    return targets[0]
+    if (
+        len(targets) == 1
+        and compare is not None
+        and "".join(targets[0].split()).lower() == "".join(compare.split()).lower()
+    ):
+        return targets[0]
+    method = compare or "supervised"
+    return f"the {method} row of the same backbone (here " + "; ".join(targets) + ")"
 
 
 # --------------------------------------------------------------------------- footnotes
