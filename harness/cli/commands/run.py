@@ -74,7 +74,7 @@ def run(
     out: Path = typer.Option(Path("runs"), "--out", help="Results directory."),
     suite: Path = typer.Option(None, "--suite", help="A TOML suite file describing whole grids."),
     set_: list[str] = typer.Option(
-        None, "--set", help="KEY=VALUE overrides: backbone.dim_mult=2, mgcc.consistency=7, lr=0.005 (see bench params)."
+        None, "--set", help="KEY=VALUE: backbone.dim_mult=2, mgcc.consistency=7 (bench params)."
     ),
     image_size: int = typer.Option(None, "--image-size", help="Square model input size."),
     iterations: int = typer.Option(None, "--iterations", help="Training iterations T."),
