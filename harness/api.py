@@ -1,4 +1,4 @@
-"""The contracts plugins implement: backbones, SSL methods, generators and dataset sources.
+"""The contracts plugins implement: backbones, SSL methods, generators, dataset sources and trackers.
 
 Feature levels
 --------------
@@ -277,6 +277,72 @@ class DatasetSource(ABC):
     @abstractmethod
     def load(self, spec: str | None, options: dict[str, Any]) -> SegDataset:
         """Load the dataset; ``options`` holds image_size, resize, include_strata, cache_dir, ..."""
+
+
+# --------------------------------------------------------------------------- trackers
+
+
+class TrackerError(UserError):
+    """A tracker cannot start or write (e.g. its package is not installed); the message says what to do."""
+
+
+@dataclass
+class TrackedRun:
+    """What a tracker learns about a run when it starts.
+
+    ``config`` is the run's resolved configuration (run.json ``config``), the same dict that is hashed
+    into ``run_id``; ``resumed`` is True when an earlier attempt of the run was interrupted.
+    """
+
+    name: str
+    run_id: str
+    run_dir: Path
+    out_dir: Path
+    config: dict[str, Any]
+    resumed: bool = False
+
+
+#: one logged row: (training step, {scalar name: value}); names are ``train/<term>`` or ``val/<metric>``
+ScalarRow = tuple[int, dict[str, float]]
+
+
+class Tracker(ABC):
+    """Sends one run to an experiment tracker (TensorBoard, MLflow, ...). Register with ``register_trackers``.
+
+    A tracker is built per run, in the process that trains it (rank 0 of a distributed run), from its
+    ``Params`` (``bench run --tracker-set NAME.KEY=VALUE``). The host calls, in this order:
+    :meth:`start` once; :meth:`log_scalars` once per logging window (training losses, lr, ramp weight)
+    and once per validation (val Dice), with values already on the host; :meth:`log_metrics` with the
+    final test metrics and :meth:`log_figure` per figure after evaluation; :meth:`finish` at the end,
+    also when the run fails. A tracker never changes a run: it is not part of the run's hash, and
+    one that raises is dropped for the rest of the run with one warning (fatal with
+    ``SEGBENCH_STRICT_PLUGINS=1``). Import optional packages inside :meth:`start` and raise
+    :class:`TrackerError` naming the ``pip install`` that fixes a missing one.
+    """
+
+    Params: ClassVar[type] = NoParams
+
+    def __init__(self, params: Any) -> None:
+        self.params = params
+
+    @abstractmethod
+    def start(self, run: TrackedRun) -> None:
+        """Open the tracker's record of ``run`` and record its configuration."""
+
+    @abstractmethod
+    def log_scalars(self, rows: list[ScalarRow]) -> None:
+        """Record one logging window: ``[(step, {"train/loss": 0.41, "train/lr": 0.009}), ...]``."""
+
+    @abstractmethod
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Record the final test metrics (``test/best/dice``, ...) at ``step`` (the last training step)."""
+
+    def log_figure(self, name: str, figure: Any, step: int) -> None:  # noqa: B027 - optional, default no-op
+        """Record a matplotlib ``Figure`` (Agg canvas) under ``name``; the default ignores figures."""
+
+    @abstractmethod
+    def finish(self, status: str) -> None:
+        """Close the record; ``status`` is ``done``, ``failed`` or ``interrupted``."""
 
 
 # --------------------------------------------------------------------------- parameters

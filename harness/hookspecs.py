@@ -64,5 +64,15 @@ def register_executors(register: Register) -> None:
 
 
 @hookspec
+def register_trackers(register: Register) -> None:
+    """Register experiment trackers: ``register("tensorboard", TensorBoardTracker)``.
+
+    A tracker class subclasses :class:`harness.api.Tracker`, declares ``Params`` (filled from
+    ``bench run --tracker-set NAME.KEY=VALUE``) and receives a run's config, its logged scalars once
+    per logging window, its final test metrics and its figures. ``bench run --tracker NAME`` selects it.
+    """
+
+
+@hookspec
 def register_commands(app: Any) -> None:
     """Add sub-commands to the ``bench`` typer application ``app``."""

@@ -35,6 +35,7 @@ KIND_HOOKS: dict[str, str] = {
     "generator": "register_generators",
     "dataset": "register_datasets",
     "executor": "register_executors",
+    "tracker": "register_trackers",
 }
 KNOWN_HOOKS = frozenset([*KIND_HOOKS.values(), "register_commands"])
 
@@ -115,6 +116,12 @@ class Registry:
         return [p for p in self.plugins.values() if p.status == "failed"]
 
 
+def strict_plugins(env: Mapping[str, str] | None = None) -> bool:
+    """True when ``SEGBENCH_STRICT_PLUGINS`` asks for plugin errors to be fatal."""
+    env = os.environ if env is None else env
+    return env.get("SEGBENCH_STRICT_PLUGINS", "") not in ("", "0", "false", "no")
+
+
 def _env_list(env: Mapping[str, str], key: str) -> set[str] | None:
     value = env.get(key, "").strip()
     if not value:
@@ -158,7 +165,7 @@ def build_registry(
     ``(name, module_or_object)`` pairs; ``plugin_files`` are one-file plugins loaded by path.
     """
     env = os.environ if env is None else env
-    strict = env.get("SEGBENCH_STRICT_PLUGINS", "") not in ("", "0", "false", "no")
+    strict = strict_plugins(env)
     disabled = _env_list(env, "SEGBENCH_DISABLE_PLUGINS") or set()
     only = _env_list(env, "SEGBENCH_LOAD_PLUGINS")
 
@@ -291,7 +298,7 @@ def add_plugin_commands(registry: Registry, app: Any, warn: Any) -> None:
 
     ``warn(message)`` reports a failure; with ``SEGBENCH_STRICT_PLUGINS=1`` it is raised instead.
     """
-    strict = os.environ.get("SEGBENCH_STRICT_PLUGINS", "") not in ("", "0", "false", "no")
+    strict = strict_plugins()
     for impl in registry.manager.hook.register_commands.get_hookimpls():
         try:
             impl.function(app=app)

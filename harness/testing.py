@@ -1,4 +1,4 @@
-"""The conformance kit: checks that a backbone, SSL method, generator or dataset source honours its contract.
+"""The conformance kit: checks that a backbone, SSL method, generator, dataset source or tracker honours its contract.
 
 Plugin authors use it from their own tests::
 
@@ -13,8 +13,8 @@ Plugin authors use it from their own tests::
         check_ssl_method(MyMethod)            # on the kit's tiny reference backbone
 
 Loaded as a pytest plugin, the module also parametrizes any test that takes an argument named
-``segbench_backbone``, ``segbench_ssl_method``, ``segbench_generator`` or ``segbench_dataset`` over
-the registered components of that kind (a :class:`Component` each); the marker
+``segbench_backbone``, ``segbench_ssl_method``, ``segbench_generator``, ``segbench_dataset`` or
+``segbench_tracker`` over the registered components of that kind (a :class:`Component` each); the marker
 ``@pytest.mark.segbench_components(distribution="my-dist")`` limits them to one distribution.
 
 Every ``check_*`` function raises :class:`ConformanceError` (an ``AssertionError``) with a message
@@ -52,6 +52,8 @@ from harness.api import (
     SSLMethod,
     StepContext,
     StepOutput,
+    TrackedRun,
+    Tracker,
     resolve_params,
 )
 from harness.config.presets import PRESETS as RUN_PRESETS
@@ -591,6 +593,50 @@ def check_dataset_source(
     return data
 
 
+# --------------------------------------------------------------------------- trackers
+
+
+def _tiny_figure() -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(2, 1.5), dpi=50)
+    FigureCanvasAgg(fig)
+    fig.subplots().plot([0, 1, 2], [0.2, 0.5, 0.4])
+    return fig
+
+
+def check_tracker(cls: type[Tracker], params: Any = None, *, workdir: Path | None = None) -> Tracker:
+    """Check a tracker class by feeding it a whole (made-up) run the way the harness does.
+
+    ``params``: an instance, overrides, or None (the defaults). Calls ``start`` with a run folder
+    inside a results directory, two logging windows of training scalars and one validation row,
+    the final test metrics, one figure and ``finish("done")``; each must return without error.
+    A tracker whose optional package is missing must raise :class:`harness.api.TrackerError` from
+    ``start`` (the kit re-raises it as the reason the check cannot run).
+    """
+    who = f"tracker {cls.__name__}"
+    _require(isinstance(cls, type) and issubclass(cls, Tracker), who, "must subclass harness.api.Tracker")
+    check_params(cls)
+    tracker = cls(_resolve(cls, params, who))
+    with _directory(workdir) as root:
+        run_dir = root / "results" / "kit_run_0123456789"
+        run_dir.mkdir(parents=True)
+        run = TrackedRun("kit_run_0123456789", "0123456789", run_dir, root / "results", {"ssl": "kit", "train": {}})
+        tracker.start(run)
+        try:
+            tracker.log_scalars([(0, {"train/loss": 1.0, "train/lr": 0.01}), (1, {"train/loss": 0.9})])
+            tracker.log_scalars([(1, {"val/dice_lesion": 0.5})])
+            tracker.log_scalars([])
+            tracker.log_metrics({"test/best/dice": 0.6, "test/best/hd95": 3.5}, 1)
+            tracker.log_figure("kit", _tiny_figure(), 1)
+        except Exception as exc:
+            tracker.finish("failed")
+            raise ConformanceError(f"{who}: logging a run raised {type(exc).__name__}: {exc}") from exc
+        tracker.finish("done")
+    return tracker
+
+
 # --------------------------------------------------------------------------- the pytest plugin
 
 
@@ -614,6 +660,7 @@ COMPONENT_ARGUMENTS = {
     "segbench_ssl_method": "ssl_method",
     "segbench_generator": "generator",
     "segbench_dataset": "dataset",
+    "segbench_tracker": "tracker",
 }
 
 
@@ -639,7 +686,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "segbench_components(distribution=None, names=None): limit the registered components that "
-        "segbench_backbone / segbench_ssl_method / segbench_generator / segbench_dataset run over",
+        "segbench_backbone / segbench_ssl_method / segbench_generator / segbench_dataset / segbench_tracker run over",
     )
 
 

@@ -25,6 +25,7 @@ from harness.testing import (
     check_generator,
     check_params,
     check_ssl_method,
+    check_tracker,
     make_images,
     registered_components,
 )
@@ -93,6 +94,42 @@ def test_builtin_generator_conforms(component, tmp_path) -> None:
 def test_builtin_dataset_source_conforms(component, tmp_path) -> None:
     specs = {"phantom": "phantom:count=6,size=32", "folder": str(write_folder(tmp_path / "ds"))}
     check_dataset_source(component.cls, specs.get(component.name), cache_dir=tmp_path / "cache")
+
+
+# mlflow's import alone takes seconds: its check runs in the slow tier
+@pytest.mark.parametrize(
+    "component",
+    [pytest.param(c, marks=pytest.mark.slow) if c.name == "mlflow" else c for c in _builtins("tracker")],
+    ids=str,
+)
+def test_builtin_tracker_conforms(component, tmp_path, monkeypatch) -> None:
+    pytest.importorskip({"tensorboard": "tensorboard", "mlflow": "mlflow"}.get(component.name, "harness"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    check_tracker(component.cls, workdir=tmp_path)
+
+
+def test_kit_rejects_a_tracker_that_raises(tmp_path) -> None:
+    from harness.api import Tracker
+
+    class Broken(Tracker):
+        finished: list[str] = []
+
+        def start(self, run) -> None:
+            pass
+
+        def log_scalars(self, rows) -> None:
+            raise KeyError("train/loss")
+
+        def log_metrics(self, metrics, step) -> None:
+            pass
+
+        def finish(self, status) -> None:
+            Broken.finished.append(status)
+
+    with pytest.raises(ConformanceError, match="tracker Broken: logging a run raised KeyError"):
+        check_tracker(Broken, workdir=tmp_path)
+    assert Broken.finished == ["failed"]
 
 
 def test_methods_also_conform_on_a_builtin_backbone() -> None:

@@ -38,7 +38,10 @@ def run_rank(task: Any, log: Callable[[str], None]) -> str:
         return _follow(run, task)
     ddp.reset_inputs_sent()
     try:
-        execute(run, task.out_path, log=log, show_progress=task.show_progress, device_name=str(info.device))
+        execute(
+            run, task.out_path, log=log, show_progress=task.show_progress, device_name=str(info.device),
+            trackers=task.trackers,
+        )  # fmt: skip
     except RunLockedError:
         if not ddp.inputs_sent():
             ddp.send(SKIP, "locked")

@@ -18,6 +18,7 @@ from harness.execution import ranks
 from harness.execution.joblog import LOG_FILE, Log, RunLog, _nothing, heartbeat
 from harness.runs.resolve import ResolvedRun, RunSpec
 from harness.runs.store import RunLockedError, read_run
+from harness.runs.tracking import TrackerChoice
 from harness.training import ddp
 
 
@@ -44,6 +45,8 @@ class RunTask:
     gpus: int = 1
     sync_bn: bool | None = None
     show_progress: bool = False
+    #: experiment trackers fed by the run (``--tracker``); not part of the run's identity
+    trackers: TrackerChoice = field(default_factory=TrackerChoice)
 
     @property
     def out_path(self) -> Path:
@@ -69,11 +72,13 @@ class Request:
     wait: bool = False
     show_progress: bool = True
     log: Log = print
+    #: experiment trackers every run feeds (``--tracker``)
+    trackers: TrackerChoice = field(default_factory=TrackerChoice)
 
     def tasks(self, show_progress: bool = False) -> list[RunTask]:
         out = str(Path(self.out_dir).resolve())
         return [
-            RunTask(r.spec, r.run_id, r.name, out, self.device, self.gpus, self.sync_bn, show_progress)
+            RunTask(r.spec, r.run_id, r.name, out, self.device, self.gpus, self.sync_bn, show_progress, self.trackers)
             for r in self.runs
         ]
 
@@ -163,7 +168,10 @@ def run_task(task: RunTask, log: Log | bool | None = None, *, job: str = "", thr
                 if record.get("status") != "done":
                     raise ExecutorError(f"run {task.name} ended with status {record.get('status')!r}")
             else:
-                execute(run, task.out_path, log=run_log, show_progress=task.show_progress, device_name=task.device)
+                execute(
+                    run, task.out_path, log=run_log, show_progress=task.show_progress, device_name=task.device,
+                    trackers=task.trackers,
+                )  # fmt: skip
     except RunLockedError as exc:
         run_log(f"not trained here: {exc}")
         return "busy"

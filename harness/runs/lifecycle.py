@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import platform
 import subprocess
 import time
@@ -14,7 +15,7 @@ from typing import Any
 import torch
 
 from harness import __version__
-from harness.api import SegDataset
+from harness.api import SegDataset, TrackedRun
 from harness.data.datasets import load_dataset
 from harness.data.normalize import fit_normaliser
 from harness.data.splits import fold_parts, load_split, make_split, save_split, split_hash
@@ -23,7 +24,10 @@ from harness.evaluation.metrics import METRIC_POLICY
 from harness.generation.pool import synthetic_pool
 from harness.plugins import Registry, get_registry
 from harness.runs.resolve import ResolvedRun, RunSpec
+from harness.runs.run_figures import run_figures
 from harness.runs.store import METRICS_FILE, atomic_write_json, read_run, run_lock, write_rows_csv
+from harness.runs.tracking import TrackerChoice, Trackers, final_scalars
+from harness.training import ddp
 from harness.training.device import autocast_factory, resolve_device, seed_everything
 from harness.training.engine import TrainData, Trainer, make_predictor
 
@@ -93,8 +97,13 @@ def execute(
     show_progress: bool = True,
     registry: Registry | None = None,
     device_name: str = "auto",
+    trackers: TrackerChoice | None = None,
 ) -> Path:
-    """Train and evaluate one resolved run under ``out_dir``; skip it when it is already done."""
+    """Train and evaluate one resolved run under ``out_dir``; skip it when it is already done.
+
+    ``trackers`` (``bench run --tracker``) receive the run's config, curves, test metrics and figures
+    (rank 0 only); a failing tracker is dropped with a warning, never failing the run.
+    """
     registry = registry or get_registry()
     spec, cfg = run.spec, run.config
     run_dir = Path(out_dir) / run.name
@@ -145,14 +154,19 @@ def execute(
         if previous and previous.get("status") in ("running", "failed"):
             record["resumed"] = True
         atomic_write_json(run_dir / "run.json", record)
+        tracked = Trackers.build(trackers, registry, log) if trackers and ddp.is_writer() else Trackers([], log)
+        config = json.loads(json.dumps(cfg, default=str))  # as run.json holds it
+        tracked.start(TrackedRun(run.name, run.run_id, run_dir, Path(out_dir), config, bool(record.get("resumed"))))
         try:
-            _train_and_evaluate(run, run_dir, Path(out_dir), record, device, log, show_progress, registry)
+            _train_and_evaluate(run, run_dir, Path(out_dir), record, device, log, show_progress, registry, tracked)
         except BaseException as exc:
             record.update(status="failed", error=f"{type(exc).__name__}: {exc}", ended=time.time())
             atomic_write_json(run_dir / "run.json", record)
+            tracked.finish("failed" if isinstance(exc, Exception) else "interrupted")
             raise
         record.update(status="done", ended=time.time())
         atomic_write_json(run_dir / "run.json", record)
+        tracked.finish("done")
     return run_dir
 
 
@@ -165,6 +179,7 @@ def _train_and_evaluate(
     log: Log,
     show_progress: bool,
     registry: Registry,
+    tracked: Trackers,
 ) -> None:
     spec, cfg = run.spec, run.config
     t0 = time.perf_counter()
@@ -237,7 +252,10 @@ def _train_and_evaluate(
         val_indices=dataset.index(parts.val),
     )
     atomic_write_json(run_dir / "run.json", record)
-    trainer = Trainer(method, run.settings, data, normaliser, device, run_dir, show_progress=show_progress)
+    trainer = Trainer(
+        method, run.settings, data, normaliser, device, run_dir, show_progress=show_progress,
+        on_log=tracked.log_curves if tracked else None,
+    )  # fmt: skip
     result = trainer.train()
     record["train"] = dataclasses.asdict(result)
     consistency = getattr(run.method_params, "consistency", None)
@@ -273,6 +291,10 @@ def _train_and_evaluate(
         summaries[checkpoint] = summarise(ckpt_rows)
     write_rows_csv(run_dir / METRICS_FILE, rows)
     record["test"] = summaries
+    if tracked:
+        last_step = run.settings.iterations - 1
+        tracked.log_metrics(final_scalars(summaries), last_step)
+        tracked.log_figures(run_figures(run_dir, rows, run.name), last_step)
     log(
         f"test ({'selection set = test set, optimistic' if parts.selection_is_test else 'held-out test'}): "
         + "; ".join(f"{k}: dice {v['dice']:.4f} hd95 {v['hd95']:.2f}" for k, v in summaries.items())

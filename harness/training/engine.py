@@ -143,7 +143,9 @@ class Trainer:
         *,
         show_progress: bool = True,
         describe_step: Callable[[dict[str, float]], None] | None = None,
+        on_log: Callable[[list[dict[str, Any]]], None] | None = None,
     ) -> None:
+        """``on_log(rows)`` receives every batch of rows written to curves.jsonl (host values; trackers)."""
         self.dist = ddp.current()
         self.writer = ddp.is_writer()  # only rank 0 of a distributed run writes files
         if self.dist is not None:
@@ -159,6 +161,7 @@ class Trainer:
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.curves_path = self.run_dir / "curves.jsonl"
         self.show_progress = show_progress
+        self.on_log = on_log
         self.autocast = autocast_factory(device, settings.precision)
         if settings.loss not in SUPERVISED_LOSSES:
             raise UserError(f"unknown loss {settings.loss!r}; use one of {', '.join(SUPERVISED_LOSSES)}")
@@ -317,6 +320,8 @@ class Trainer:
         with self.curves_path.open("a") as fh:
             for row in rows:
                 fh.write(json.dumps(row) + "\n")
+        if self.on_log is not None:
+            self.on_log(rows)
 
     def train(self) -> TrainResult:
         s = self.s

@@ -12,9 +12,11 @@ from rich.table import Table
 from harness.config.presets import resolve_preset
 from harness.execution.executors import build_executor, executor_options
 from harness.execution.tasks import Request, finish
+from harness.plugins import get_registry
 from harness.runs.grid import expand, load_suite, split_list
 from harness.runs.resolve import ResolvedRun
 from harness.runs.store import read_run, run_dirs
+from harness.runs.tracking import check_tracker_choice, parse_tracker_choice
 from harness.training import ddp
 from harness.training.device import resolve_device
 
@@ -110,12 +112,19 @@ def run(
     slurm_mem: str = typer.Option(None, "--slurm-mem", help="slurm: memory per job, e.g. 32G."),
     slurm_extra: str = typer.Option(None, "--slurm-extra", help="slurm: more sbatch options, e.g. '--qos=high'."),
     exec_set: list[str] = typer.Option(None, "--exec-set", help="KEY=VALUE option of the executor (docs/scaling.md)."),
+    tracker: str = typer.Option(
+        None, "--tracker", help="Experiment trackers each run feeds: tensorboard, mlflow (comma list); off by default."
+    ),
+    tracker_set: list[str] = typer.Option(
+        None, "--tracker-set", help="TRACKER.KEY=VALUE tracker option, e.g. mlflow.tracking_uri=http://host:5000."
+    ),
 ) -> None:
     """Train and evaluate every run of a grid; finished runs are skipped, interrupted ones resume."""
     console = Console(quiet=not ddp.env_rank_zero())  # under torchrun, rank 0 speaks for all
     slurm = {"partition": slurm_partition, "gpus_per_job": slurm_gpus_per_job, "cpus_per_job": slurm_cpus_per_job,
              "time": slurm_time, "mem": slurm_mem, "extra": slurm_extra}  # fmt: skip
     runner = build_executor(executor, executor_options(executor, jobs, slurm, exec_set))
+    trackers = check_tracker_choice(parse_tracker_choice(tracker, tracker_set), get_registry(), console.print)
     cuda = resolve_device(device).type == "cuda"
     base: dict[str, Any] = {
         "data": data,
@@ -181,7 +190,9 @@ def run(
     if dry_run:
         console.print("--dry-run: stopping here")
         return
-    request = Request(runs, out, device, gpus, sync_bn, wait, show_progress=not quiet, log=console.print)
+    request = Request(
+        runs, out, device, gpus, sync_bn, wait, show_progress=not quiet, log=console.print, trackers=trackers
+    )
     finish(runner.submit(request), out, console.print)
 
 

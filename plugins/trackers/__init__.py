@@ -1,0 +1,1 @@
+"""Built-in experiment trackers (``bench run --tracker tensorboard,mlflow``); their packages are optional."""
