@@ -28,6 +28,8 @@ KIND_ALIASES = {
     "data": "dataset",
     "executor": "executor",
     "executors": "executor",
+    "tracker": "tracker",
+    "trackers": "tracker",
     "run": "run",
 }
 
@@ -39,6 +41,7 @@ HOW_TO_SET = {
     "generator": "--set {name}.KEY=VALUE",
     "dataset": "--data {name}:KEY=VALUE,KEY=VALUE",
     "executor": "--executor {name} --exec-set KEY=VALUE",
+    "tracker": "--tracker {name} --tracker-set {name}.KEY=VALUE",
 }
 
 _RUN_PRESET_KEYS = {"folds": "fold"}
