@@ -18,7 +18,7 @@ timeout 180 python -m pytest -m cuda -q -p no:cacheprovider tests 2>&1 | tail -1
 run() {  # name, extra args
   local name=$1; shift
   timeout 150 bench run --data phantom:count=200,size=256 --ssl mgcc --backbone cmunet --preset paper \
-    --iterations 400 --set val_every=200 --set checkpoint_every=400 --folds 0 --quiet --out "$out/$name" "$@" \
+    --iterations 400 --set val_every=200 --set checkpoint_every=400 --fold 0 --quiet --out "$out/$name" "$@" \
     2>&1 | tail -4
   python - "$out/$name" <<'PY'
 import json, sys

@@ -436,7 +436,8 @@ def test_bench_backbones_overrides_and_errors(app):
 
 
 def test_bench_backbones_table_lists_all_three(app):
-    result = CliRunner().invoke(app, ["backbones", "--image-size", "64", "--set", f"smp.encoder={TINY_TIMM}"])
+    args = ["backbones", "--image-size", "64", "--preset", "paper", "--set", f"smp.encoder={TINY_TIMM}"]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     for name in ("cmunet", "smp", "unet"):
         assert name in result.output
@@ -453,7 +454,7 @@ def test_speed_benchmark_writes_its_json(tmp_path, monkeypatch, own_registry):
     spec.loader.exec_module(module)
     monkeypatch.setattr(module, "get_registry", lambda: own_registry)
     out = tmp_path / "r.json"
-    args = ["--backbone", "unet", "--set", "unet.width=2", "--image-size", "16", "--batch", "2"]
+    args = ["--backbone", "unet", "--set", "unet.width=2", "--image-size", "16", "--batch-size", "2"]
     module.main([*args, "--repeats", "2", "--warmup", "0", "--out", str(out)])
     report = json.loads(out.read_text())
     settings = report["results"][0]["settings"]

@@ -85,7 +85,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     audit = tmp / "audit"
     audit.mkdir()
     _bench([*RUN, "--out", str(tmp / "one")], tmp, _env(tmp))
-    _bench([*RUN, "--seeds", "1", "--out", str(tmp / "seed1")], tmp, _env(tmp))
+    _bench([*RUN, "--seed", "1", "--out", str(tmp / "seed1")], tmp, _env(tmp))
     env = _env(tmp, PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
     _bench([*RUN, "--gpus", "2", "--out", str(tmp / "two")], tmp, {**env, "SEGBENCH_AUDIT_DIR": str(audit)})
     return {"one": _only_run(tmp / "one"), "seed1": _only_run(tmp / "seed1"), "two": _only_run(tmp / "two"),

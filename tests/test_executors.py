@@ -171,7 +171,7 @@ def test_states_of_runs(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     (running / LOCK_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": int(dead.stdout)}))
     st = run_status(running, _no_job)
-    assert st.state == "failed" and "interrupted" in st.detail
+    assert st.state == "interrupted" and "process is gone" in st.detail and st.log == []
     # ... and when its Slurm job was requeued after preemption
     write_job(running, {"executor": "slurm", "job_id": "3"})
     requeued = run_status(running, lambda job: "queued")
@@ -182,7 +182,23 @@ def test_states_of_runs(tmp_path):
     assert run_status(running, _no_job).state == "running"
     old = time.time() - 3600
     os.utime(running / LOCK_FILE, (old, old))
-    assert run_status(running, _no_job).state == "failed"
+    assert run_status(running, _no_job).state == "interrupted"
+
+
+def test_a_run_stopped_with_ctrl_c_is_interrupted_not_failed(tmp_path):
+    stopped = _run_dir(tmp_path, "failed")
+    record = json.loads((stopped / "run.json").read_text())
+    atomic_write_json(stopped / "run.json", {**record, "error": "KeyboardInterrupt: "})
+    RunLog(stopped)("Traceback (most recent call last): ... KeyboardInterrupt")
+    st = run_status(stopped, _no_job)
+    assert st.state == "interrupted" and "resumes" in st.detail and st.log == []
+    named = stopped.rename(stopped.parent / "mean-teacher_none_cmunet_l0.25_f0_0123456789")
+    app = typer.Typer()
+    app.callback()(lambda: None)
+    status_cmd.register(app)
+    result = CliRunner().invoke(app, ["status", str(tmp_path / "out")], terminal_width=60)
+    assert result.exit_code == 0 and "1 interrupted" in result.output and "Traceback" not in result.output
+    assert named.name in result.output  # the run name, which ends in its id, is never cut
 
 
 def test_a_requeued_job_takes_over_the_lock_its_killed_attempt_left_on_another_node(tmp_path):
@@ -277,7 +293,7 @@ def test_two_jobs_give_the_results_of_one(tmp_path):
     """--jobs 2 trains the 2 runs of a grid in 2 processes; every metric equals the one-process results."""
     # one torch thread everywhere: --jobs 2 on 2 cores gives each process 1, and the sequential run gets 1 too
     env = {**os.environ, "SEGBENCH_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    grid = ["run", *TINY, "--ssl", "mean-teacher", "--seeds", "0,1", "--iterations", "20"]
+    grid = ["run", *TINY, "--ssl", "mean-teacher", "--seed", "0,1", "--iterations", "20"]
     _bench([*grid, "--out", str(tmp_path / "one")], tmp_path, env)
     _bench([*grid, "--out", str(tmp_path / "two"), "--jobs", "2"], tmp_path, env)
     one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")

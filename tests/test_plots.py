@@ -89,7 +89,7 @@ def test_qualitative_choice_of_runs_and_images(frame: pd.DataFrame) -> None:
     assert [bool(lesion[i]) for i in ids] == [True, True, True, False]
     dice = frame[frame["run"].isin(runs.values())].groupby("id")["dice"].mean()
     assert dice[ids[0]] <= dice[ids[1]] <= dice[ids[2]]  # hardest to easiest
-    with pytest.raises(UserError, match="--fraction 0.3"):
+    with pytest.raises(UserError, match="--labeled 0.3"):
         choose_runs(frame, 0.3)
     assert choose_runs(frame, 0.5)[0] == 0.5
 

@@ -30,7 +30,7 @@ TINY = [
     "--set", "backbone.context_lengths=1,1,1", "--precision", "fp32", "--deterministic", "--quiet",
     "--set", "val_every=10", "--set", "checkpoint_every=10", "--device", "cpu",
 ]  # fmt: skip
-GRID = [*TINY, "--ssl", "mean-teacher", "--seeds", "0,1,2", "--iterations", "20"]
+GRID = [*TINY, "--ssl", "mean-teacher", "--seed", "0,1,2", "--iterations", "20"]
 # long enough to be stopped between its first checkpoint (step 10) and its end
 LONG = [*TINY, "--ssl", "supervised", "--iterations", "500"]
 SLURM = ["--executor", "slurm", "--slurm-cpus-per-job", "1", "--slurm-time", "30", "--exec-set", "poll_s=1"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import sys
 from pathlib import Path
 
@@ -40,10 +41,23 @@ def _early_plugin_files(argv: list[str]) -> list[Path]:
     return files
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        try:
+            version = importlib.metadata.version("segbench")
+        except importlib.metadata.PackageNotFoundError:
+            version = "unknown (not installed: pip install -e .)"
+        typer.echo(f"segbench {version}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     plugin: list[Path] = typer.Option(
         None, "--plugin", help="Load a one-file plugin (a .py file with @hookimpl functions) for this call."
+    ),
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print segbench's version and exit."
     ),
 ) -> None:
     """segbench: semi-supervised ultrasound segmentation benchmarks."""

@@ -7,6 +7,7 @@ import inspect
 import re
 import types
 import typing
+from fractions import Fraction
 from typing import Any, Literal, get_args, get_origin
 
 from harness.errors import UserError
@@ -69,6 +70,11 @@ def coerce_value(value: Any, tp: Any, where: str) -> Any:
         if lowered in ("0", "false", "no", "off"):
             return False
         raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp is float and value.count("/") == 1:  # a fraction: --labeled 1/8
+        try:
+            return float(Fraction(value.replace(" ", "")))
+        except (ValueError, ZeroDivisionError):
+            raise ConfigError(f"{where}: expected a number or a fraction such as 1/8, got {value!r}") from None
     if tp in (int, float):
         try:
             return tp(value)

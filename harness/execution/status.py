@@ -18,7 +18,11 @@ from harness.runs.store import LOCK_FILE, read_run
 # --------------------------------------------------------------------------- where a run stands
 
 #: the states ``bench status`` reports
-STATES = ("done", "running", "queued", "failed", "not started")
+STATES = ("done", "running", "queued", "interrupted", "failed", "not started")
+
+#: errors a run records when it was stopped (Ctrl-C, a termination signal) rather than broken
+STOPPED_ERRORS = ("KeyboardInterrupt", "SystemExit", "Terminated")
+RESUMES = "bench run resumes it from its last checkpoint"
 
 
 @dataclass
@@ -93,11 +97,12 @@ def run_status(run_dir: Path, job_state: Callable[[dict[str, Any]], str | None])
         status.state = "queued"
         if recorded:
             status.detail = "requeued: resumes from its checkpoint"
+    elif recorded == "failed" and str(record.get("error", "")).startswith(STOPPED_ERRORS):
+        status.state, status.detail = "interrupted", f"stopped ({record['error'].rstrip(': ')}); {RESUMES}"
     elif recorded == "failed":
         status.state, status.detail = "failed", str(record.get("error", ""))
     elif recorded == "running":
-        status.state = "failed"
-        status.detail = "interrupted (its process is gone); bench run resumes it from its last checkpoint"
+        status.state, status.detail = "interrupted", f"its process is gone; {RESUMES}"
     if status.state == "failed":
         status.log = tail(run_dir / LOG_FILE, 40) or (tail(Path(job["log"]), 40) if job.get("log") else [])
     return status

@@ -267,7 +267,7 @@ def choose_runs(frame: pd.DataFrame, fraction: float | None = None) -> tuple[flo
     if fraction is None:
         fraction = max(fractions, key=lambda f: (runs.loc[runs["labeled"] == f, "label"].nunique(), -f))
     elif not any(math.isclose(fraction, f) for f in fractions):
-        raise PlotError(f"--fraction {fraction:g}: no runs at it; fractions here: {', '.join(map(str, fractions))}")
+        raise PlotError(f"--labeled {fraction:g}: no runs at it; fractions here: {', '.join(map(str, fractions))}")
     else:
         fraction = next(f for f in fractions if math.isclose(fraction, f))
     at = runs[runs["labeled"] == fraction]

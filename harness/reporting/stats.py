@@ -49,7 +49,9 @@ def image_values(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
     if metric == "dice_all":
         return frame.assign(value=frame["dice"].astype(float))
     if metric not in frame:
-        raise StatsError(f"metric {metric!r} is not in the results (was it recorded? e.g. --metrics published)")
+        raise StatsError(
+            f"metric {metric!r} is not in the results (was it recorded? e.g. bench run --published-metrics)"
+        )
     part = frame if metric.startswith("published_") else frame[frame["lesion"]]
     return part.assign(value=part[metric].astype(float))
 

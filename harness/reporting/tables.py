@@ -247,7 +247,9 @@ def _check_options(frame: pd.DataFrame, metrics: Sequence[str], checkpoint: str,
         raise ReportError(f"--by {by!r}: the only split is 'group' (image group / stratum)")
     missing = [m for m in metrics if m.startswith("published_") and m not in frame]
     if missing:
-        raise ReportError(f"--metrics {missing[0]}: not recorded in these runs (train with --metrics published)")
+        raise ReportError(
+            f"--metrics {missing[0]}: not recorded in these runs (train with bench run --published-metrics)"
+        )
 
 
 def build_tables(

@@ -29,13 +29,19 @@ def split_list(value: str | list | None) -> list[str] | None:
 
 
 def expand(
-    base: dict[str, Any], axes: dict[str, list[str] | None], overrides: list[str], registry: Registry | None = None
+    base: dict[str, Any],
+    axes: dict[str, list[str] | None],
+    overrides: list[str],
+    registry: Registry | None = None,
+    flags: dict[str, str] | None = None,
 ) -> list[ResolvedRun]:
     """Every combination of ``axes`` on top of ``base`` (RunSpec fields), resolved and de-duplicated.
 
     Combinations that resolve to the same configuration (e.g. the supervised method with any
-    generator) are kept once. A missing ``fold`` axis means the preset's folds, or every fold.
+    generator) are kept once. A missing ``fold`` axis means the preset's folds, or every fold;
+    ``all`` means every fold. ``flags`` names the option each axis came from, for errors.
     """
+    flags = flags or {}
     registry = registry or get_registry()
     hints = typing.get_type_hints(RunSpec)
     fields = {f.name for f in dataclasses.fields(RunSpec)}
@@ -52,10 +58,13 @@ def expand(
             preset_folds = PRESETS[spec0.preset]["folds"]
             values[axis] = list(preset_folds) if preset_folds is not None else list(range(spec0.k))
             continue
+        if axis == "fold" and [v.lower() for v in raw] == ["all"]:
+            values[axis] = list(range(spec0.k))
+            continue
         if not raw:
             values[axis] = [getattr(spec0, axis)]
             continue
-        values[axis] = [coerce_value(v, hints[axis], f"--{axis}") for v in raw]
+        values[axis] = [coerce_value(v, hints[axis], flags.get(axis, f"--{axis}")) for v in raw]
     runs: dict[str, ResolvedRun] = {}
     for combo in itertools.product(*(values[a] for a in AXES)):
         spec = dataclasses.replace(spec0, **dict(zip(AXES, combo, strict=True)))

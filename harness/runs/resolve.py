@@ -37,11 +37,11 @@ class RunSpec:
     data: str | None = None
     #: labeled fraction of the fold's training part (0.25 or 1/4); bench run --labeled
     labeled: float = 0.25
-    #: test fold; bench run --folds
+    #: test fold; bench run --fold (all: every fold)
     fold: int = 0
-    #: which labeled-subset draw of the split; bench run --label-draws
+    #: which labeled-subset draw of the split; bench run --draw
     draw: int = 0
-    #: training seed; bench run --seeds
+    #: training seed; bench run --seed
     seed: int = 0
     #: quick, medium or paper: sizes, lengths and component presets
     preset: str = "quick"
@@ -51,7 +51,7 @@ class RunSpec:
     iterations: int | None = None
     #: labeled images per batch
     labeled_batch: int = 4
-    #: unlabeled images per batch (bench run --batch gives labeled + unlabeled)
+    #: unlabeled images per batch (bench run --batch-size gives labeled + unlabeled)
     unlabeled_batch: int = 4
     #: 1 (grey) or 3 (grey replicated, as published)
     in_channels: int = 1
@@ -167,7 +167,7 @@ def resolve(spec: RunSpec, registry: Registry | None = None) -> ResolvedRun:
     if spec.eval_resolution not in ("native", "model"):
         raise ConfigError(f"--eval-resolution {spec.eval_resolution!r}: use native or model")
     if spec.labeled_batch < 1 or spec.unlabeled_batch < 1:
-        raise ConfigError("--labeled-batch and the unlabeled batch must both be at least 1")
+        raise ConfigError("--labeled-batch-size and the unlabeled batch must both be at least 1")
     image_size = spec.image_size or preset["image_size"]
     settings = TrainSettings(
         iterations=spec.iterations or preset["iterations"],

@@ -191,7 +191,7 @@ def check_batch_split(labeled_batch: int, unlabeled_batch: int, uses_unlabeled: 
         if size % info.world_size:
             raise DistributedError(
                 f"the {what} batch {size} does not split over {info.world_size} processes; use a multiple of "
-                f"{info.world_size} (--labeled-batch / --batch) or another --gpus"
+                f"{info.world_size} (--labeled-batch-size / --batch-size) or another --gpus"
             )
 
 

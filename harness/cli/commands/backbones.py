@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import torch
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from harness.api import params_dict, resolve_params
+from harness.cli import options
 from harness.config.params import ConfigError, parse_overrides
+from harness.config.presets import resolve_preset
 from harness.evaluation.complexity import backbone_complexity
 from harness.plugins import get_registry
 
@@ -80,21 +83,24 @@ def describe_backbones(
 def backbones(
     image_size: int = typer.Option(128, "--image-size", help="Input height and width for the MAC count."),
     in_channels: int = typer.Option(3, "--in-channels", help="Input channels (MGCC feeds 3: grey replicated)."),
-    preset: str = typer.Option(None, "--preset", help="Apply each backbone's quick/medium/paper preset."),
+    preset: str = options.preset_option(),
     only: list[str] = typer.Option(None, "--backbone", help="Show only this backbone (repeatable)."),
     sets: list[str] = typer.Option(
         None, "--set", help="backbone.KEY=VALUE (all backbones with KEY) or NAME.KEY=VALUE; repeatable."
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+    as_json: bool = options.json_option(),
 ) -> None:
     """List every registered backbone with its parameter count and multiply-accumulates per image."""
     if image_size < 1:
         raise ConfigError(f"--image-size must be positive, got {image_size}")
+    preset = resolve_preset(preset, torch.cuda.is_available())
     rows = describe_backbones(only or None, image_size, in_channels, preset, sets)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    table = Table(title=f"segbench backbones at {image_size}x{image_size}, {in_channels} input channel(s)")
+    table = Table(
+        title=f"segbench backbones at {image_size}x{image_size}, {in_channels} input channel(s), preset {preset}"
+    )
     table.add_column("backbone", no_wrap=True)
     for column in ("params", "encoder", "context", "decoder", "GMACs/img"):
         table.add_column(column, justify="right", no_wrap=True)

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from harness.cli import options
 from harness.data import dedup
 from harness.data.busi_import import import_busi
 from harness.data.datasets import DataError, load_dataset, summarize
@@ -37,8 +38,9 @@ def _strata(value: str | None) -> list[str] | None:
 
 
 def check(
-    path: str = typer.Argument(..., help="Dataset folder (or a registered dataset name such as phantom)."),
-    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+    path: str = typer.Argument(None, help="Dataset folder or registered name (or give it with --data)."),
+    data: str = options.data_option(),
+    as_json: bool = options.json_option(),
     image_size: int = IMAGE_SIZE,
     resize: str = typer.Option(None, "--resize", help="squash or pad (default: dataset.toml, else squash)."),
     mask_threshold: float = typer.Option(None, "--mask-threshold", help="Count mask values above T as foreground."),
@@ -47,6 +49,7 @@ def check(
     k: int = typer.Option(5, "--k", help="Warn when a duplicate group holds more than 1/k of the images."),
 ) -> None:
     """Validate a dataset: counts per stratum, sizes, empty masks, duplicates, label conflicts, problems."""
+    path = options.data_argument_or_option(path, data)
     try:
         dataset = load_dataset(path, image_size=image_size, resize=resize, mask_threshold=mask_threshold)
     except DataError as exc:
@@ -114,7 +117,8 @@ def _default_out(data: str | None, name: str, include: list[str] | None) -> Path
 
 
 def split(
-    data: str = typer.Argument(None, help="Dataset folder or name (default: the built-in phantom)."),
+    data_argument: str = typer.Argument(None, help="Dataset folder or registered name (or give it with --data)."),
+    data: str = options.data_option(),
     protocol: str = typer.Option("kfold", "--protocol", help="kfold or paper-like (3 x 70/30, selection on test)."),
     k: int = typer.Option(5, "--k", help="Number of folds (kfold)."),
     val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share held out for model selection."),
@@ -134,6 +138,7 @@ def split(
     force: bool = typer.Option(False, "--force", help="Replace an existing, different split file."),
 ) -> None:
     """Write a split file: folds (train/val/test ids) and nested labeled subsets, grouped by duplicates."""
+    data = options.data_argument_or_option(data_argument, data)
     include = _strata(include_strata)
     dataset = load_dataset(data, image_size=image_size, include_strata=include)
     threshold = dup_threshold if dup_threshold >= 0 else None

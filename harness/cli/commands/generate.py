@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from harness.api import params_dict, resolve_params
+from harness.cli import options
 from harness.config.params import ConfigError, parse_overrides
 from harness.config.presets import PRESETS, resolve_preset
 from harness.data.datasets import atomic_write_bytes, load_dataset
@@ -126,14 +127,14 @@ def _table(report: dict[str, Any]) -> Table:
 
 def generate(
     out: Path = typer.Option(..., "--out", help="Output folder for PNGs, grid and report."),
-    data: str = typer.Option(None, "--data", help="Dataset folder or registered name (default: phantom)."),
+    data: str = options.data_option(),
     fold: int = typer.Option(0, "--fold", help="Fold whose training images the generator is fitted on."),
     n: int = typer.Option(None, "--n", help="Number of synthetic images (default: training images, capped by preset)."),
     generator: str = typer.Option("ldm", "--generator", help="Generator name (see `bench plugins`)."),
-    preset: str = typer.Option("quick", "--preset", help="quick, medium, paper or auto."),
+    preset: str = options.preset_option(),
     set_: list[str] = typer.Option(None, "--set", help="Generator overrides, e.g. --set ldm.unet_steps=2000."),
     drop_copies: bool = typer.Option(False, "--drop-copies", help="Do not write near-copies of training images."),
-    seed: int = typer.Option(0, "--seed", help="Generator and sampling seed."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the generator's fit and of its sampling."),
     image_size: int = typer.Option(None, "--image-size", help="Image size (default: the preset's)."),
     split: Path = typer.Option(None, "--split", help="Split JSON file (default: a 5-fold split made on the fly)."),
     k: int = typer.Option(5, "--k", help="Folds of the on-the-fly split."),
@@ -142,7 +143,7 @@ def generate(
     ),
     quantile: float = typer.Option(0.99, "--quantile", help="Held-out quantile above which a sample is a near-copy."),
     inception: Path = typer.Option(None, "--inception", help="Local torchvision Inception-v3 weights file for FID."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, ..."),
+    device: str = options.device_option(),
 ) -> None:
     """Fit (or reuse) the generator of one fold and report its samples' memorisation and fidelity."""
     console = Console()

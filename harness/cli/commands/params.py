@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from harness.cli import options
 from harness.config.presets import PRESETS
 from harness.runs.catalog import catalog
 
@@ -44,7 +45,7 @@ def print_catalog(entries: list[dict[str, Any]], console: Console) -> None:
 def params(
     kind: str = typer.Argument(None, help="run, backbone, ssl, generator, dataset or executor (default: all)."),
     name: str = typer.Argument(None, help="One component, e.g. cmunet (default: every one of KIND)."),
-    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+    as_json: bool = options.json_option(),
 ) -> None:
     """List every setting: run settings and each component's parameters, with type, default, presets, help."""
     entries = catalog(kind, name)

@@ -8,11 +8,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from harness.cli import options
 from harness.plugins import get_registry
 
 
 def plugins(
-    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+    as_json: bool = options.json_option(),
     with_params: bool = typer.Option(
         False, "--params", help="List every component's parameters instead (the same as `bench params`)."
     ),

@@ -6,12 +6,14 @@ from pathlib import Path
 
 import typer
 
+from harness.cli import options
+
 
 def predict(
     run_dir: Path = typer.Argument(..., help="One run's directory (a folder under the --out of bench run)."),
     images: list[Path] = typer.Argument(..., help="Image files or folders (a dataset folder means its images/)."),
     out: Path = typer.Option(..., "--out", help="Folder for masks/, overlays/, probabilities/, metrics.csv."),
-    checkpoint: str = typer.Option("best", "--checkpoint", help="best (on validation) or last."),
+    checkpoint: str = options.checkpoint_option(),
     threshold: float = typer.Option(0.5, "--threshold", help="Foreground where sigmoid(logit) > this."),
     tta: bool = typer.Option(False, "--tta", help="Average logits over flips and 90-degree rotations (8 views)."),
     probabilities: str = typer.Option(
@@ -19,7 +21,7 @@ def predict(
     ),
     overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Write overlay PNGs."),
     batch_size: int = typer.Option(8, "--batch-size", help="Images per forward pass."),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda, cuda:1 ..."),
+    device: str = options.device_option(),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Predict images at their own resolution; with masks/0/ next to them, also score them like evaluation."""
@@ -48,7 +50,7 @@ def export(
     run_dir: Path = typer.Argument(..., help="One run's directory (a folder under the --out of bench run)."),
     fmt: str = typer.Option(..., "--format", help="onnx or torchscript."),
     out: Path = typer.Option(..., "--out", help="Model file; <file>.json records input size and normalisation."),
-    checkpoint: str = typer.Option("best", "--checkpoint", help="best (on validation) or last."),
+    checkpoint: str = options.checkpoint_option(),
 ) -> None:
     """Export the run's inference network (ONNX or TorchScript) with a JSON of its input size and normalisation."""
     from harness.inference.export import export_run

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from harness.cli import options
 from harness.errors import UserError
 
 SUFFIX_FORMATS = {".md": "markdown", ".markdown": "markdown", ".tex": "latex", ".csv": "csv"}
@@ -16,9 +17,12 @@ def table(
     metrics: str = typer.Option(
         "dice,hd95,iou,empty_correct", "--metrics", help="Comma list: dice, hd95, iou, assd, empty_correct, ..."
     ),
-    checkpoint: str = typer.Option("best", "--checkpoint", help="best (on validation) or last."),
+    checkpoint: str = options.checkpoint_option(),
     compare: str = typer.Option(
-        None, "--compare", help="supervised (default when present), none, or a row label to compute gains against."
+        None,
+        "--compare",
+        help="Reference of the gains: supervised (default when present), another method (mean-teacher), a row "
+        "label, or none.",
     ),
     significance: bool = typer.Option(
         False, "--significance", help="Wilcoxon signed-rank on per-image Dice vs the reference, Holm-corrected."
@@ -62,14 +66,18 @@ def table(
 def plot(
     runs: Path = typer.Argument(..., help="Results directory (the --out of bench run)."),
     out: Path = typer.Option(Path("figures"), "--out", help="Folder for the PNG and PDF figures."),
-    checkpoint: str = typer.Option("best", "--checkpoint", help="best (on validation) or last."),
+    checkpoint: str = options.checkpoint_option(),
     images: int = typer.Option(4, "--images", help="Test images in the qualitative grid (0: no grid)."),
-    fraction: float = typer.Option(None, "--fraction", help="Labeled fraction of the qualitative grid."),
-    device: str = typer.Option("cpu", "--device", help="Device for the qualitative grid's predictions."),
+    labeled: str = typer.Option(None, "--labeled", help="Labeled fraction of the qualitative grid (0.25 or 1/4)."),
+    fraction_alias: str = options.alias("--fraction"),
+    device: str = options.device_option(),
 ) -> None:
     """Box/strip plots, Dice vs labeled fraction, learning curves, a qualitative grid, generator samples."""
+    from harness.config.params import coerce_value
     from harness.reporting.plots import plot_all
 
+    labeled, flag = options.either(labeled, "--labeled", fraction_alias, "--fraction")
+    fraction = None if labeled is None else coerce_value(labeled, float, flag)
     written, skipped = plot_all(
         runs, out, checkpoint=checkpoint, n_images=images, fraction=fraction, device=device, log=typer.echo
     )

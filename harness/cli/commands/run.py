@@ -6,9 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from harness.cli import options
 from harness.config.presets import resolve_preset
 from harness.execution.executors import build_executor, executor_options
 from harness.execution.tasks import Request, finish
@@ -42,9 +44,16 @@ def _eta_seconds(runs: list[ResolvedRun], out: Path) -> float | None:
 
 
 def _plan_table(runs: list[ResolvedRun], out: Path) -> tuple[Table, int]:
-    table = Table(title=f"plan: {len(runs)} run(s) in {out}")
-    for column in ("run id", "method", "generator", "backbone", "labeled", "fold", "draw", "seed", "iters", "state"):
-        table.add_column(column)
+    table = Table(
+        title=f"plan: {len(runs)} run(s) in {out}", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True
+    )
+    # the id is what tells runs apart: never cut it (nor the names); only the state may wrap
+    table.add_column("run id", no_wrap=True, min_width=max((len(r.run_id) for r in runs), default=6))
+    for column in ("method", "generator", "backbone"):
+        table.add_column(column, no_wrap=True)
+    for column in ("labeled", "f/d/s", "iters"):  # f/d/s: fold, labeled-subset draw, seed
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("state", min_width=6)
     todo = 0
     for run in runs:
         previous = read_run(out / run.name)
@@ -56,32 +65,35 @@ def _plan_table(runs: list[ResolvedRun], out: Path) -> tuple[Table, int]:
         todo += state != "done (skip)"
         c = run.config
         table.add_row(
-            run.run_id, c["ssl"], c["generator"], c["backbone"], f"{c['labeled']:g}", str(c["fold"]),
-            str(c["draw"]), str(c["seed"]), str(c["train"]["iterations"]), state,
+            run.run_id, c["ssl"], c["generator"], c["backbone"], f"{c['labeled']:g}",
+            f"{c['fold']}/{c['draw']}/{c['seed']}", str(c["train"]["iterations"]), state,
         )  # fmt: skip
     return table, todo
 
 
 def run(
-    data: str = typer.Option(None, "--data", help="Dataset folder or registered dataset name (default: phantom)."),
+    data: str = options.data_option(),
     ssl: str = typer.Option("mgcc", "--ssl", help="SSL method(s), comma-separated."),
     generator: str = typer.Option("none", "--generator", help="Generator(s) of synthetic unlabeled images."),
     backbone: str = typer.Option("cmunet", "--backbone", help="Backbone(s), comma-separated."),
     labeled: str = typer.Option("0.25", "--labeled", help="Labeled fraction(s) of each fold's training part."),
-    folds: str = typer.Option(None, "--folds", help="Fold indices (default: the preset's, or all)."),
-    label_draws: str = typer.Option(None, "--label-draws", help="Which labeled subset draw(s), e.g. 0,1."),
-    seeds: str = typer.Option(None, "--seeds", help="Training seed(s)."),
-    preset: str = typer.Option("auto", "--preset", help="auto (paper on CUDA, quick on CPU), quick, medium, paper."),
+    fold: str = typer.Option(None, "--fold", help="Test fold(s), e.g. 0,1, or all (default: the preset's)."),
+    draw: str = typer.Option(None, "--draw", help="Labeled-subset draw(s) of the split, e.g. 0,1."),
+    seed: str = typer.Option(None, "--seed", help="Training seed(s), e.g. 0,1,2."),
+    folds_alias: str = options.alias("--folds"),
+    draws_alias: str = options.alias("--label-draws"),
+    seeds_alias: str = options.alias("--seeds"),
+    preset: str = options.preset_option(),
     split: Path = typer.Option(None, "--split", help="Split JSON file (made on the fly when absent)."),
     out: Path = typer.Option(Path("runs"), "--out", help="Results directory."),
     suite: Path = typer.Option(None, "--suite", help="A TOML suite file describing whole grids."),
-    set_: list[str] = typer.Option(
-        None, "--set", help="KEY=VALUE: backbone.dim_mult=2, mgcc.consistency=7 (bench params)."
-    ),
+    set_: list[str] = options.set_option(),
     image_size: int = typer.Option(None, "--image-size", help="Square model input size."),
     iterations: int = typer.Option(None, "--iterations", help="Training iterations T."),
-    batch: int = typer.Option(None, "--batch", help="Total batch size (labeled + unlabeled); default 8."),
-    labeled_batch: int = typer.Option(None, "--labeled-batch", help="Labeled images per batch (default 4)."),
+    batch: int = typer.Option(None, "--batch-size", help="Images per training batch, labeled + unlabeled (default 8)."),
+    labeled_batch: int = typer.Option(None, "--labeled-batch-size", help="Labeled images per batch (default 4)."),
+    batch_alias: int = options.alias("--batch"),
+    labeled_batch_alias: int = options.alias("--labeled-batch"),
     in_channels: int = typer.Option(None, "--in-channels", help="1 (grey) or 3 (replicated, as published)."),
     resize: str = typer.Option(None, "--resize", help="squash (published) or pad (keeps aspect ratio)."),
     include_strata: str = typer.Option(None, "--include-strata", help="Only these strata, e.g. benign,malignant."),
@@ -89,9 +101,12 @@ def run(
     precision: str = typer.Option(None, "--precision", help="bf16 or fp32 (default: preset's)."),
     channels_last: bool = typer.Option(None, "--channels-last/--no-channels-last", help="channels_last layout."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the validation network (slow first call)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
+    device: str = options.device_option(),
     eval_resolution: str = typer.Option(None, "--eval-resolution", help="native (default) or model."),
-    metrics: str = typer.Option(None, "--metrics", help="'published' adds the published code's metrics."),
+    published_metrics: bool = typer.Option(
+        False, "--published-metrics", help="Also compute the published code's metrics (its Dice, IoU, HD95)."
+    ),
+    metrics_alias: str = options.alias("--metrics"),
     unlabeled: str = typer.Option(None, "--unlabeled", help="real, synthetic or both (default)."),
     n_synthetic: str = typer.Option(None, "--n-synthetic", help="Synthetic images per fold: N, train or unlabeled."),
     protocol: str = typer.Option(None, "--protocol", help="kfold (default) or paper-like."),
@@ -120,6 +135,17 @@ def run(
     ),
 ) -> None:
     """Train and evaluate every run of a grid; finished runs are skipped, interrupted ones resume."""
+    fold, fold_flag = options.either(fold, "--fold", folds_alias, "--folds")
+    draw, draw_flag = options.either(draw, "--draw", draws_alias, "--label-draws")
+    seed, seed_flag = options.either(seed, "--seed", seeds_alias, "--seeds")
+    batch, batch_flag = options.either(batch, "--batch-size", batch_alias, "--batch")
+    labeled_batch, labeled_flag = options.either(
+        labeled_batch, "--labeled-batch-size", labeled_batch_alias, "--labeled-batch"
+    )
+    if metrics_alias is not None:
+        if metrics_alias != "published":
+            raise typer.BadParameter(f"--metrics {metrics_alias!r}: bench run only knows --published-metrics")
+        published_metrics = True
     console = Console(quiet=not ddp.env_rank_zero())  # under torchrun, rank 0 speaks for all
     slurm = {"partition": slurm_partition, "gpus_per_job": slurm_gpus_per_job, "cpus_per_job": slurm_cpus_per_job,
              "time": slurm_time, "mem": slurm_mem, "extra": slurm_extra}  # fmt: skip
@@ -139,7 +165,7 @@ def run(
         "channels_last": channels_last,  # None: the run default (on)
         "compile": compile_ or None,
         "eval_resolution": eval_resolution,
-        "published_metrics": (metrics == "published") or None,
+        "published_metrics": published_metrics or None,
         "unlabeled": unlabeled,
         "n_synthetic": n_synthetic,
         "protocol": protocol,
@@ -152,7 +178,7 @@ def run(
     if batch is not None:
         lab = labeled_batch or 4
         if batch <= lab:
-            raise typer.BadParameter(f"--batch {batch} must exceed --labeled-batch {lab}")
+            raise typer.BadParameter(f"{batch_flag} {batch} must exceed {labeled_flag} {lab}")
         base["unlabeled_batch"] = batch - lab
     base = {key: value for key, value in base.items() if value is not None}
     axes = {
@@ -160,10 +186,12 @@ def run(
         "generator": split_list(generator),
         "backbone": split_list(backbone),
         "labeled": split_list(labeled),
-        "fold": split_list(folds),
-        "draw": split_list(label_draws),
-        "seed": split_list(seeds),
+        "fold": split_list(fold),
+        "draw": split_list(draw),
+        "seed": split_list(seed),
     }
+    flags = {"ssl": "--ssl", "generator": "--generator", "backbone": "--backbone", "labeled": "--labeled",
+             "fold": fold_flag, "draw": draw_flag, "seed": seed_flag}  # fmt: skip
     if suite is not None:
         cli_axes = {a: v for a, v in axes.items() if v}
         grids = load_suite(suite, base, set_ or [])
@@ -173,13 +201,13 @@ def run(
             for axis, value in cli_axes.items():
                 if axis in ("fold", "draw", "seed"):
                     suite_axes[axis] = value
-            runs += expand(suite_base, suite_axes, overrides)
+            runs += expand(suite_base, suite_axes, overrides, flags=flags)
         runs = list({r.run_id: r for r in runs}.values())
     else:
         base["preset"] = resolve_preset(preset, cuda)
         if preset == "auto":
             console.print(f"preset auto -> [bold]{base['preset']}[/bold] ({'CUDA' if cuda else 'no CUDA: CPU'})")
-        runs = expand(base, axes, set_ or [])
+        runs = expand(base, axes, set_ or [], flags=flags)
     table, todo = _plan_table(runs, out)
     console.print(table)
     eta = _eta_seconds(runs, out)

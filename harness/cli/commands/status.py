@@ -12,13 +12,21 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from harness.cli import options
 from harness.errors import UserError
 from harness.execution.joblog import JOB_FILE
 from harness.execution.status import STATES, RunStatus, run_status
 from harness.plugins import get_registry
 from harness.runs.store import RUN_FILE
 
-_COLOURS = {"done": "green", "running": "cyan", "queued": "blue", "failed": "red", "not started": "dim"}
+_COLOURS = {
+    "done": "green",
+    "running": "cyan",
+    "queued": "blue",
+    "interrupted": "yellow",
+    "failed": "red",
+    "not started": "dim",
+}
 
 
 def run_directories(root: Path) -> list[Path]:
@@ -49,18 +57,21 @@ def collect(root: Path) -> list[RunStatus]:
 
 def status(
     runs: Path = typer.Argument(..., help="A results directory (the --out of bench run) or one run directory."),
-    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+    as_json: bool = options.json_option(),
     log_lines: int = typer.Option(15, "--log-lines", help="Lines of log shown for each failed run."),
 ) -> None:
-    """Every run as done / running / queued / failed / not started, with its job and last logged step."""
+    """Every run as done / running / queued / interrupted / failed / not started, with its job and last step."""
     rows = collect(runs)
     if as_json:
         typer.echo(json.dumps([row.as_dict() for row in rows], indent=2))
         return
     console = Console()
     table = Table(title=f"{len(rows)} run(s) in {runs}")
-    for column in ("run", "state", "job", "step", "detail"):
-        table.add_column(column)
+    # the run name ends in its id, which is what tells runs apart: never cut it, let the detail wrap
+    table.add_column("run", no_wrap=True, min_width=max((len(r.name) for r in rows), default=3))
+    for column in ("state", "job", "step"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("detail", overflow="fold")
     for row in rows:
         step = "" if row.step is None else f"{row.step}" + (f"/{row.iterations}" if row.iterations else "")
         colour = _COLOURS.get(row.state, "")
