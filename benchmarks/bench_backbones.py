@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--preset", default="quick", help="backbone preset (quick/medium/paper; '' for defaults)")
     parser.add_argument("--set", dest="sets", action="append", help="backbone.KEY=VALUE or NAME.KEY=VALUE")
     parser.add_argument("--image-size", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batch-size", "--batch", dest="batch", type=int, default=8)
     parser.add_argument("--in-channels", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=5, help="interleaved timed rounds")
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
