@@ -611,6 +611,35 @@ def _value(table: ResultTable, row: str, fraction: float, kind: str, metric: str
     return cell_text(cell, metric or "") + (cell.mark if cell else ""), bool(cell and cell.best)
 
 
+@dataclass
+class GridCell:
+    """One body cell as every renderer shows it: its text, bold when best, and what it holds."""
+
+    text: str
+    bold: bool
+    fraction: float
+    kind: str  # metric | n | gain
+    metric: str | None
+
+
+def table_grid(table: ResultTable) -> tuple[list[tuple[float, list[str]]], list[tuple[str, list[GridCell]]]]:
+    """The table as header groups ``[(fraction, [column titles])]`` and rows ``[(row label, cells)]``.
+
+    For renderers outside this module (the HTML report): the same texts as Markdown and LaTeX.
+    """
+    cols = _columns(table)
+    header = [(f, [_header(k, m) for k, m in cols]) for f in table.fractions]
+    body = []
+    for row in table.rows:
+        cells = []
+        for fraction in table.fractions:
+            for kind, metric in cols:
+                text, bold = _value(table, row, fraction, kind, metric)
+                cells.append(GridCell(text, bold, fraction, kind, metric))
+        body.append((_row_label(table, row), cells))
+    return header, body
+
+
 def render_markdown(tables: Sequence[ResultTable]) -> str:
     """GitHub Markdown: a bold title, a pipe table, then the notes."""
     out = []

@@ -1,4 +1,4 @@
-"""``bench table`` and ``bench plot``: paper-style tables and figures from a results directory."""
+"""``bench table``, ``bench plot`` and ``bench report``: tables, figures and an HTML site of a results directory."""
 
 from __future__ import annotations
 
@@ -87,6 +87,32 @@ def plot(
         typer.secho(f"skipped {what}: {why}", fg="yellow", err=True)
 
 
+def report(
+    runs: Path = typer.Argument(..., help="Results directory (the --out of bench run)."),
+    out: Path = typer.Option(Path("report"), "--out", help="Folder for the HTML site (index.html, runs/, figures/)."),
+    metrics: str = typer.Option("dice,hd95,iou,empty_correct", "--metrics", help="Table metrics, as for bench table."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best (on validation) or last."),
+    compare: str = typer.Option(None, "--compare", help="Reference row of the gains, as for bench table."),
+    significance: bool = typer.Option(
+        True, "--significance/--no-significance", help="Wilcoxon tests against the reference (as bench table)."
+    ),
+    images: int = typer.Option(4, "--images", help="Test images per qualitative grid (0: none)."),
+    figures: bool = typer.Option(True, "--figures/--no-figures", help="Draw the figures (off: tables and numbers)."),
+    device: str = typer.Option("cpu", "--device", help="Device for the qualitative grids' predictions."),
+) -> None:
+    """A static HTML report to share: the tables, the figures, a page per run; opens from disk, no network."""
+    from harness.reporting.site import build_site, site_size
+
+    index = build_site(
+        runs, out, metrics=[m.strip() for m in metrics.split(",") if m.strip()], checkpoint=checkpoint,
+        compare=compare, significance=significance, images=images, figures=figures, device=device,
+        log=typer.echo,
+    )  # fmt: skip
+    files, size = site_size(out)
+    typer.echo(f"wrote {index} ({files} files, {size / 2**20:.1f} MiB); open it in a browser")
+
+
 def register(app: typer.Typer) -> None:
     app.command("table")(table)
     app.command("plot")(plot)
+    app.command("report")(report)
