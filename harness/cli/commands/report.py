@@ -91,14 +91,14 @@ def report(
     runs: Path = typer.Argument(..., help="Results directory (the --out of bench run)."),
     out: Path = typer.Option(Path("report"), "--out", help="Folder for the HTML site (index.html, runs/, figures/)."),
     metrics: str = typer.Option("dice,hd95,iou,empty_correct", "--metrics", help="Table metrics, as for bench table."),
-    checkpoint: str = typer.Option("best", "--checkpoint", help="best (on validation) or last."),
-    compare: str = typer.Option(None, "--compare", help="Reference row of the gains, as for bench table."),
+    checkpoint: str = options.checkpoint_option(),
+    compare: str = typer.Option(None, "--compare", help="Reference of the gains, as for bench table."),
     significance: bool = typer.Option(
         True, "--significance/--no-significance", help="Wilcoxon tests against the reference (as bench table)."
     ),
     images: int = typer.Option(4, "--images", help="Test images per qualitative grid (0: none)."),
     figures: bool = typer.Option(True, "--figures/--no-figures", help="Draw the figures (off: tables and numbers)."),
-    device: str = typer.Option("cpu", "--device", help="Device for the qualitative grids' predictions."),
+    device: str = options.device_option(),
 ) -> None:
     """A static HTML report to share: the tables, the figures, a page per run; opens from disk, no network."""
     from harness.reporting.site import build_site, site_size
