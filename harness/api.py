@@ -90,6 +90,16 @@ def check_input_size(x: torch.Tensor, divisor: int, who: str) -> None:
 BackboneFactory = Callable[[], Backbone]
 
 
+def build_method(
+    method_cls: type, backbone_cls: type, in_channels: int, backbone_params: Any, method_params: Any
+) -> SSLMethod:
+    """A method of ``method_cls`` on backbones of ``backbone_cls``: the one way a run's networks are built.
+
+    Training, DDP ranks, inference and the up-front checks of a run all build through here.
+    """
+    return method_cls(lambda: backbone_cls(in_channels, 1, backbone_params), method_params)
+
+
 # --------------------------------------------------------------------------- SSL methods
 
 

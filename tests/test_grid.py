@@ -12,6 +12,8 @@ from harness.runs.grid import expand, load_suite
 from harness.runs.resolve import RunSpec, resolve
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+#: the BUSI suites name ../shared/data/busi, which resolution checks; these tests run on the phantom
+PHANTOM = {"data": "phantom"}
 
 
 def test_supervised_with_a_generator_runs_once():
@@ -62,15 +64,15 @@ def test_bad_configuration_fails_before_training(spec, message):
 def test_every_shipped_suite_expands(tmp_path):
     for suite in sorted(BENCHMARKS.glob("*.toml")):
         runs = []
-        for base, axes, overrides in load_suite(suite, {}, []):
+        for base, axes, overrides in load_suite(suite, PHANTOM, []):
             runs += expand(base, axes, overrides)
         assert runs, suite
-    quick = [r for b, a, o in load_suite(BENCHMARKS / "phantom-quick.toml", {}, []) for r in expand(b, a, o)]
+    quick = [r for b, a, o in load_suite(BENCHMARKS / "phantom-quick.toml", PHANTOM, []) for r in expand(b, a, o)]
     assert len(quick) <= 6
 
 
 def test_paper_suite_has_the_fairness_rows():
-    runs = [r for b, a, o in load_suite(BENCHMARKS / "busi-paper.toml", {}, []) for r in expand(b, a, o)]
+    runs = [r for b, a, o in load_suite(BENCHMARKS / "busi-paper.toml", PHANTOM, []) for r in expand(b, a, o)]
     configs = [r.config for r in runs]
     assert any(c["ssl"] == "cct" and c["method_params"]["consistency"] == 7 for c in configs)
     assert any(c["ssl"] == "mgcc" and c["method_params"]["consistency"] == 0.1 for c in configs)
@@ -93,10 +95,9 @@ def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path):
 
     build_app([])
     out = tmp_path / "runs"
-    result = CliRunner().invoke(
-        app, ["run", "--suite", str(BENCHMARKS / "busi-paper.toml"), "--dry-run", "--out", str(out)],
-        terminal_width=200,
-    )  # fmt: skip
+    suite = str(BENCHMARKS / "busi-paper.toml")
+    args = ["run", "--suite", suite, "--data", "phantom", "--dry-run", "--out", str(out)]
+    result = CliRunner().invoke(app, args, terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "--dry-run: stopping here" in result.output and "run(s) to train" in result.output
     assert not out.exists()

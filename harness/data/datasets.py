@@ -223,6 +223,19 @@ def _read_groups(path: Path, ids: Iterable[str]) -> tuple[dict[str, str], dict[s
     return strata, cases
 
 
+def check_mask_folders(root: Path) -> None:
+    """Refuse mask folders other than masks/0/: only one foreground class is supported so far."""
+    masks = Path(root) / "masks"
+    others = sorted(p.name for p in masks.iterdir() if p.is_dir() and p.name != "0") if masks.is_dir() else []
+    if others:
+        listed = ", ".join(f"masks/{name}/" for name in others)
+        message = (
+            f"dataset folder {root} has {listed}: only masks/0/ (one foreground class) is supported, "
+            "multi-class masks are not yet; merge the classes into masks/0/ or move the other folders out"
+        )
+        raise DataError(message, [message])
+
+
 def scan_folder(root: Path) -> FolderScan:
     """Pair images with masks and read dataset.toml / groups.csv; raise DataError listing every problem."""
     root = Path(root).expanduser()
@@ -237,6 +250,7 @@ def scan_folder(root: Path) -> FolderScan:
         raise DataError(
             f"{root} has no images/ folder; a dataset folder holds images/<id>.png and masks/0/<id>.png.{hint}"
         )
+    check_mask_folders(root)
     problems: list[str] = []
     images = _list_files(image_dir, problems)
     if mask_dir.is_dir():

@@ -277,6 +277,12 @@ def _header(dataset: SegDataset, protocol: str, parameters: dict, grouping: Grou
     }
 
 
+def planned_folds(protocol: str, k: int, val_fraction: float, val_from: str, label_draws: int) -> int:
+    """Check split options without any data and return how many folds such a split has."""
+    _check_options(protocol, k, val_fraction, val_from, label_draws, dedup.DEFAULT_HASH_SIZE)
+    return k if protocol == "kfold" else len(PAPER_SEEDS)
+
+
 def make_split(
     dataset: SegDataset,
     *,

@@ -18,6 +18,7 @@ from harness.api import resolve_params
 from harness.config.params import ConfigError, coerce_value
 from harness.config.presets import PRESETS
 from harness.plugins import Registry, get_registry
+from harness.runs.checks import canonical, check_data, check_model, check_scopes, check_settings, check_split
 from harness.training.engine import TrainSettings
 
 Log = Callable[[str], None]
@@ -107,10 +108,12 @@ class RunSpec:
     overrides: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
-def _scope_overrides(spec: RunSpec, *scopes: str) -> dict[str, str]:
-    merged: dict[str, str] = {}
-    for scope in scopes:
-        merged.update(spec.overrides.get(scope, {}))
+def _scope_overrides(spec: RunSpec, kind_scope: str, name: str) -> dict[str, str]:
+    """``--set`` values for one component: its kind's scope (``backbone``), then its name in either spelling."""
+    merged = dict(spec.overrides.get(kind_scope, {}))
+    for scope, values in spec.overrides.items():
+        if scope not in ("", kind_scope) and canonical(scope) == canonical(name):
+            merged.update(values)
     return merged
 
 
@@ -160,17 +163,25 @@ def resolve(spec: RunSpec, registry: Registry | None = None) -> ResolvedRun:
     method_cls = registry.get("ssl_method", spec.ssl)
     backbone_cls = registry.get("backbone", spec.backbone)
     generator_cls = registry.get("generator", spec.generator)
+    check_scopes(spec.overrides, registry)
     if not 0 < spec.labeled <= 1:
         raise ConfigError(f"--labeled {spec.labeled}: a labeled fraction must be in (0, 1]")
+    for flag, value in (("--iterations", spec.iterations), ("val_every", spec.val_every),
+                        ("checkpoint_every", spec.checkpoint_every)):  # fmt: skip
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} {value}: must be at least 1 (leave it out for the preset's value)")
+    check_settings(spec)
+    check_split(spec)
+    check_data(spec.data, registry)
     if spec.unlabeled not in ("real", "synthetic", "both"):
         raise ConfigError(f"--unlabeled {spec.unlabeled!r}: use real, synthetic or both")
     if spec.eval_resolution not in ("native", "model"):
         raise ConfigError(f"--eval-resolution {spec.eval_resolution!r}: use native or model")
     if spec.labeled_batch < 1 or spec.unlabeled_batch < 1:
         raise ConfigError("--labeled-batch-size and the unlabeled batch must both be at least 1")
-    image_size = spec.image_size or preset["image_size"]
+    image_size = spec.image_size if spec.image_size is not None else preset["image_size"]
     settings = TrainSettings(
-        iterations=spec.iterations or preset["iterations"],
+        iterations=spec.iterations if spec.iterations is not None else preset["iterations"],
         labeled_batch=spec.labeled_batch,
         unlabeled_batch=spec.unlabeled_batch,
         lr=spec.lr,
@@ -179,8 +190,8 @@ def resolve(spec: RunSpec, registry: Registry | None = None) -> ResolvedRun:
         precision=spec.precision or preset["precision"],
         channels_last=True if spec.channels_last is None else spec.channels_last,  # measured faster on CPU and CUDA
         compile=spec.compile,
-        val_every=spec.val_every or preset["val_every"],
-        checkpoint_every=spec.checkpoint_every or preset["checkpoint_every"],
+        val_every=spec.val_every if spec.val_every is not None else preset["val_every"],
+        checkpoint_every=spec.checkpoint_every if spec.checkpoint_every is not None else preset["checkpoint_every"],
         seed=spec.seed,
         loss=spec.loss,
     )
@@ -200,6 +211,9 @@ def resolve(spec: RunSpec, registry: Registry | None = None) -> ResolvedRun:
     n_synthetic = spec.n_synthetic if spec.n_synthetic is not None else preset["n_synthetic"]
     if isinstance(n_synthetic, str) and n_synthetic not in ("train", "unlabeled"):
         raise ConfigError(f"--n-synthetic {n_synthetic!r}: give a count, 'train' or 'unlabeled'")
+    if isinstance(n_synthetic, int) and n_synthetic < 0:
+        raise ConfigError(f"--n-synthetic {n_synthetic}: give a count >= 0, 'train' or 'unlabeled'")
+    check_model(spec, image_size, method_cls, backbone_cls, backbone_params, method_params)
     uses_generator = method_cls.uses_unlabeled and generator_cls.produces_images and spec.unlabeled != "real"
     config = {
         "ssl": spec.ssl,

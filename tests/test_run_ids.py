@@ -1,0 +1,40 @@
+"""Run ids of unchanged configurations are pinned: a refactoring of resolution must not move them.
+
+The ids were computed on main (2be596d) before the typed config; a drift here means every finished
+run directory of that configuration would be trained again under a new name.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.runs.resolve import RunSpec, resolve
+
+PINNED = [
+    (RunSpec(), "mgcc_none_cmunet_l0.25_f0_a7452452fe"),
+    (RunSpec(ssl="supervised"), "supervised_none_cmunet_l0.25_f0_e4a1dbd47f"),
+    (RunSpec(generator="ldm"), "mgcc_ldm_cmunet_l0.25_f0_db0b3e9259"),
+    (
+        RunSpec(ssl="mean-teacher", backbone="unet", preset="paper", labeled=0.5, fold=2, draw=1, seed=3),
+        "mean-teacher_none_unet_l0.5_f2_d5385ef5a2",
+    ),
+    (
+        RunSpec(
+            ssl="cct",
+            preset="medium",
+            image_size=96,
+            iterations=40,
+            overrides={"backbone": {"dim_mult": "2"}, "cct": {"consistency": "7"}, "": {"lr": "0.005"}},
+        ),
+        "cct_none_cmunet_l0.25_f0_23c60a185d",
+    ),
+    (
+        RunSpec(ssl="cps", generator="ldm", preset="paper", unlabeled="synthetic", n_synthetic="unlabeled"),
+        "cps_ldm_cmunet_l0.25_f0_16f3f65722",
+    ),
+]
+
+
+@pytest.mark.parametrize(("spec", "name"), PINNED, ids=[name.rsplit("_", 1)[1] for _, name in PINNED])
+def test_run_id_of_an_unchanged_configuration_is_pinned(spec, name):
+    assert resolve(spec).name == name
