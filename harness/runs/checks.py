@@ -50,7 +50,7 @@ def check_scopes(overrides: dict[str, dict[str, str]], registry: Registry) -> No
     """Every ``--set`` scope names a setting group or an installed component, and every key exists."""
     owners = scope_owners(registry)
     for scope, values in overrides.items():
-        if scope == "" or scope in SCOPED_KINDS:
+        if not values or scope == "" or scope in SCOPED_KINDS:
             continue  # plain run settings and the run's own components: checked where they are applied
         found = owners.get(canonical(scope))
         if not found:
