@@ -34,6 +34,7 @@ def bench(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
     [
         (["--image-size", "50"], "--image-size 50: backbone cmunet needs a multiple of 16; use e.g. 48 or 64"),
         (["--folds", "7"], "--folds 7: the kfold split (k = 5) has folds 0 to 4"),
+        (["--fold", "7"], "--fold 7: the kfold split (k = 5) has folds 0 to 4"),
         (["--iterations", "0"], "--iterations 0: must be at least 1"),
         (["--iterations", "-5"], "--iterations -5: must be at least 1"),
         (["--data", "/nonexistent"], "--data /nonexistent: folder /nonexistent does not exist"),
@@ -86,18 +87,18 @@ def test_image_size_is_checked_against_the_backbone_instance_divisor():
 
 
 def test_label_draw_and_paper_like_folds_are_checked():
-    with pytest.raises(ConfigError, match="--label-draws 3: .* has label draws 0 to 2"):
+    with pytest.raises(ConfigError, match="--draw 3: .* has label draws 0 to 2"):
         resolve(RunSpec(draw=3))
-    with pytest.raises(ConfigError, match="--folds 3: the paper-like split has folds 0 to 2"):
+    with pytest.raises(ConfigError, match="--fold 3: the paper-like split has folds 0 to 2"):
         resolve(RunSpec(protocol="paper-like", fold=3))
 
 
 def test_folds_are_checked_against_a_given_split_file(tmp_path):
     split = tmp_path / "split.json"
     split.write_text(json.dumps({"folds": [{"labeled_orders": [[], []]}] * 2}))
-    with pytest.raises(ConfigError, match=f"--folds 2: split file {split} has folds 0 to 1"):
+    with pytest.raises(ConfigError, match=f"--fold 2: split file {split} has folds 0 to 1"):
         resolve(RunSpec(split_file=str(split), fold=2))
-    with pytest.raises(ConfigError, match="--label-draws 2: .* has label draws 0 to 1"):
+    with pytest.raises(ConfigError, match="--draw 2: .* has label draws 0 to 1"):
         resolve(RunSpec(split_file=str(split), draw=2))
 
 

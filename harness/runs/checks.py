@@ -106,11 +106,9 @@ def check_split(spec: Any) -> None:
         where = f"the {spec.protocol} split" + (f" (k = {spec.k})" if spec.protocol == "kfold" else "")
     if not 0 <= spec.fold < folds:
         hint = f" or raise --k to {spec.fold + 1}" if path is None and spec.protocol == "kfold" else ""
-        raise ConfigError(f"--folds {spec.fold}: {where} has folds 0 to {folds - 1}; pick folds 0 to {folds - 1}{hint}")
+        raise ConfigError(f"--fold {spec.fold}: {where} has folds 0 to {folds - 1}; pick folds 0 to {folds - 1}{hint}")
     if not 0 <= spec.draw < draws:
-        raise ConfigError(
-            f"--label-draws {spec.draw}: {where} has label draws 0 to {draws - 1}; pick draws in that range"
-        )
+        raise ConfigError(f"--draw {spec.draw}: {where} has label draws 0 to {draws - 1}; pick draws in that range")
 
 
 def check_settings(spec: Any) -> None:

@@ -68,9 +68,20 @@ def expand(
     runs: dict[str, ResolvedRun] = {}
     for combo in itertools.product(*(values[a] for a in AXES)):
         spec = dataclasses.replace(spec0, **dict(zip(AXES, combo, strict=True)))
-        run = resolve(spec, registry)
+        try:
+            run = resolve(spec, registry)
+        except ConfigError as exc:
+            raise ConfigError(_as_typed(str(exc), flags)) from None
         runs.setdefault(run.run_id, run)
     return list(runs.values())
+
+
+def _as_typed(message: str, flags: dict[str, str]) -> str:
+    """Name the option the user typed (``--folds 7``) where resolution named the axis's flag (``--fold 7``)."""
+    for axis, flag in flags.items():
+        if message.startswith(f"--{axis} ") and flag != f"--{axis}":
+            return flag + message[len(axis) + 2 :]
+    return message
 
 
 def load_suite(path: Path, cli_base: dict[str, Any], cli_overrides: list[str]) -> list[tuple[dict, dict, list[str]]]:
