@@ -162,7 +162,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def frame(store: Path) -> pd.DataFrame:
-    return load(store)
+    return load(store, checkpoint=None)
 
 
 # --------------------------------------------------------------------------- load
@@ -183,6 +183,8 @@ def test_load_rows_columns_and_types(frame: pd.DataFrame) -> None:
     assert json.loads(frame.loc[frame["ssl"] == "mgcc", "method_params"].iloc[0])["levels"] == [0, 1, 2]
     assert set(frame["iterations"]) == {300}
     assert len(load(store_path(frame), checkpoint="last")) == len(frame) // 2
+    best = load(store_path(frame))  # the tables' default: best checkpoint only
+    assert len(best) == len(frame) // 2 and set(best["checkpoint"]) == {"best"}
 
 
 def store_path(frame: pd.DataFrame) -> Path:
@@ -413,6 +415,31 @@ def test_cli_table_and_out_file(tmp_path: Path) -> None:
     assert result.exit_code == 0 and "mgcc + ldm / cmunet" in result.output and "ΔDice" not in result.output
     result = runner.invoke(app, ["table", str(tmp_path / "missing")])
     assert isinstance(result.exception, UserError)
+
+
+def test_summary_is_exactly_the_table_csv(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from harness.reporting import summary
+
+    store = make_store(tmp_path / "runs", ("supervised/unet", "supervised/cmunet", "mgcc+ldm/cmunet"))
+    for options, flags in (({}, []), ({"checkpoint": "last", "compare": "none"}, ["--checkpoint", "last",
+                           "--compare", "none"]), ({"significance": True}, ["--significance"])):  # fmt: skip
+        tidy = summary(store, **options)
+        result = CliRunner().invoke(report_app(), ["table", str(store), "--format", "csv", *flags])
+        assert result.exit_code == 0, result.output
+        printed = pd.read_csv(io.StringIO(result.output), keep_default_na=False)
+        assert list(tidy.columns) == list(printed.columns) and len(tidy) == len(printed)
+        for column in ("mean", "std", "ci_low", "ci_high", "p", "p_holm", "n"):
+            ours = pd.to_numeric(tidy[column], errors="coerce").to_numpy(float)
+            theirs = pd.to_numeric(printed[column], errors="coerce").to_numpy(float)
+            assert np.allclose(ours, theirs, rtol=1e-5, equal_nan=True), column
+        assert (tidy["method"] == printed["method"]).all() and (tidy["metric"] == printed["metric"]).all()
+    # the Dice cell is the mean over runs of each run's mean over its lesion images, best checkpoint
+    frame = load(store)
+    runs = frame[frame["lesion"] & (frame["ssl"] == "mgcc") & (frame["labeled"] == 0.25)]
+    cell = summary(store).query("method == 'mgcc + ldm / cmunet' and labeled == 0.25 and metric == 'dice'")
+    assert cell["mean"].item() == pytest.approx(runs.groupby("run")["dice"].mean().mean())
 
 
 @pytest.mark.slow

@@ -151,8 +151,14 @@ def _read_metrics(run_dir: Path) -> Any:
     return frame
 
 
-def load(path: Path | str, *, checkpoint: str | None = None) -> Any:
+def load(path: Path | str, *, checkpoint: str | None = "best") -> Any:
     """Per-image rows of every finished run under ``path`` (a results directory or one run directory).
+
+    By default only the ``best`` checkpoint's rows, as ``bench table`` uses; ``checkpoint="last"``
+    for the other, ``None`` for both. Rows include lesion-free images, whose ``dice`` is 1 (predicted
+    empty) or 0 by the empty-mask policy: the tables average ``dice``, ``iou`` and ``hd95`` over
+    lesion images only (``frame[frame.lesion]``), per run first, then over runs. For exactly the
+    numbers of ``bench table`` use :func:`harness.reporting.summary`.
 
     Columns: the metrics.csv columns (id, stratum, lesion, pred_empty, height, width, resolution,
     dice, iou, hd95, assd, precision, recall, specificity, accuracy, [published_*], checkpoint,
@@ -162,7 +168,7 @@ def load(path: Path | str, *, checkpoint: str | None = None) -> Any:
     parameters as JSON strings (method_params, backbone_params, generator_params) and flattened
     (``method.<name>``, ``backbone.<name>``, ``generator.<name>``); and ``cluster``, the image's group
     in the split file (near-duplicate cluster or case; the id itself where it is in no group).
-    ``checkpoint`` ("best" or "last") keeps one checkpoint's rows. Running and failed runs are left out.
+    Running and failed runs are left out.
     """
     import pandas as pd
 

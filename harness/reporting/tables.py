@@ -721,6 +721,13 @@ CSV_COLUMNS = (
 
 def render_csv(tables: Sequence[ResultTable]) -> str:
     """Long CSV: one line per table, row, fraction and metric, plus a ``delta_<metric>`` line per gain."""
+    buf = io.StringIO()
+    tidy_frame(tables).to_csv(buf, index=False, float_format="%.6g")
+    return buf.getvalue()
+
+
+def tidy_frame(tables: Sequence[ResultTable]) -> pd.DataFrame:
+    """The cells of ``tables`` as a tidy frame with the columns of :data:`CSV_COLUMNS` (full precision)."""
     records = []
     for table in tables:
         for row in table.rows:
@@ -740,9 +747,7 @@ def render_csv(tables: Sequence[ResultTable]) -> str:
                         "significant": bool(p_holm < ALPHA) if not math.isnan(p_holm) else "",
                         "reference": table.reference,
                     })  # fmt: skip
-    buf = io.StringIO()
-    pd.DataFrame(records, columns=list(CSV_COLUMNS)).to_csv(buf, index=False, float_format="%.6g")
-    return buf.getvalue()
+    return pd.DataFrame(records, columns=list(CSV_COLUMNS))
 
 
 def _rich_table(table: ResultTable, fractions: list[float], title: str, caption: str | None) -> Table:

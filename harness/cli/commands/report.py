@@ -43,7 +43,7 @@ def table(
     fmt = fmt or (SUFFIX_FORMATS.get(out.suffix.lower(), "rich") if out else "rich")
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
-    frame = load(runs)
+    frame = load(runs, checkpoint=checkpoint)
     tables = build_tables(
         frame,
         metrics=[m.strip() for m in metrics.split(",") if m.strip()],

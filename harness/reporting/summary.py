@@ -1,0 +1,43 @@
+"""``summary``: the cells of ``bench table`` as a tidy DataFrame, for analysis in Python."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from harness.reporting.load import load
+
+
+def summary(
+    runs: Path | str | Any,
+    *,
+    metrics: Sequence[str] | None = None,
+    checkpoint: str = "best",
+    compare: str | None = None,
+    significance: bool = False,
+    by: str | None = None,
+) -> Any:
+    """Exactly the numbers of ``bench table`` (same options, same defaults) as one tidy DataFrame.
+
+    ``runs`` is a results directory (the ``--out`` of ``bench run``) or a frame from
+    :func:`harness.reporting.load.load`. One row per table, method row, labeled fraction and metric
+    (``mean``, ``std`` over runs, ``n`` runs, ``best``), plus a ``delta_<metric>`` row per gain
+    against the reference (``mean``, ``ci_low``, ``ci_high``, ``p``, ``p_holm``, ``significant``).
+    Columns: table, group, method, labeled, metric, mean, std, n, best, ci_low, ci_high, p,
+    p_holm, significant, reference. ``bench table --format csv`` prints the same rows.
+    """
+    import pandas as pd
+
+    from harness.reporting.tables import DEFAULT_METRICS, build_tables, tidy_frame
+
+    frame = runs if isinstance(runs, pd.DataFrame) else load(runs, checkpoint=checkpoint)
+    tables = build_tables(
+        frame,
+        metrics=list(metrics or DEFAULT_METRICS),
+        checkpoint=checkpoint,
+        compare=compare,
+        significance=significance,
+        by=by,
+    )
+    return tidy_frame(tables)
