@@ -237,6 +237,28 @@ def test_smp_loads_local_weights_in_every_accepted_key_style(tmp_path, smp_net):
             assert torch.equal(tensor, source[key]), (filename, key)
 
 
+def test_documented_offline_weights_recipes_load(tmp_path, app):
+    """docs/pretrained.md: a timm model's state_dict and a whole smp model's load via --set smp.weights=FILE."""
+    import segmentation_models_pytorch as smp
+    import timm
+
+    torch.manual_seed(1)
+    timm_model = timm.create_model(TINY_TIMM.removeprefix("tu-"), pretrained=False)  # pretrained=True online
+    torch.save(timm_model.state_dict(), tmp_path / "timm.pt")
+    smp_model = smp.Unet(encoder_name=TINY_TIMM, encoder_weights=None, encoder_depth=5)
+    torch.save(smp_model.state_dict(), tmp_path / "smp.pt")
+    for path, reference in ((tmp_path / "timm.pt", timm_model.state_dict()),
+                            (tmp_path / "smp.pt", {k.removeprefix("encoder.model."): v
+                                                   for k, v in smp_model.state_dict().items()})):  # fmt: skip
+        params = resolve_params(SMPUNet, "quick", {"encoder": TINY_TIMM, "weights": str(path)}, "backbone smp")
+        loaded = _encoder_state(SMPUNet(3, 1, params))
+        assert loaded and all(torch.equal(v, reference[k.removeprefix("model.")]) for k, v in loaded.items()), path
+    sets = ["--set", f"smp.encoder={TINY_TIMM}", "--set", f"smp.weights={tmp_path / 'timm.pt'}"]
+    result = CliRunner().invoke(app, ["backbones", "--backbone", "smp", "--image-size", "32", *sets, "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)[0]["params_values"]["weights"] == str(tmp_path / "timm.pt")
+
+
 def test_smp_adapts_rgb_first_conv_to_one_channel(tmp_path, smp_net):
     torch.save(_encoder_state(smp_net), tmp_path / "rgb.pt")
     grey = tiny_smp(in_channels=1, weights=str(tmp_path / "rgb.pt"))

@@ -84,6 +84,15 @@ HOW: dict[str, tuple[str, str]] = {
         LONG,
     ),
     "SEGBENCH_STRICT_PLUGINS=1 bench plugins": ("run", ""),
+    # docs/pretrained.md
+    "bench run --backbone smp --set smp.encoder=tu-resnet34 --set smp.weights=resnet34_timm.pt --in-channels 3": (
+        "dry-run",
+        f"{LONG}; needs the weights file made online (tests/test_backbones.py loads one made in the test)",
+    ),
+    "bench run --backbone smp --set smp.encoder=resnet34 --set smp.weights=resnet34_smp.pt --in-channels 3": (
+        "dry-run",
+        f"{LONG}; needs the weights file made online (tests/test_backbones.py loads one made in the test)",
+    ),
     # docs/scaling.md
     "bench run --ssl mgcc,mean-teacher,cct,supervised --labeled 0.25 --jobs 4": ("dry-run", LONG),
     "bench run --data ~/BUSI --ssl mgcc,mean-teacher,cct,supervised --generator ldm --labeled 0.125,0.25 "
