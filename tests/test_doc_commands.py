@@ -57,6 +57,7 @@ HOW: dict[str, tuple[str, str]] = {
     "bench table runs/ --significance": ("slow", "bootstrap intervals and tests (~1.5 s)"),
     "bench table runs/ --format latex": ("slow", "bootstrap intervals (~1.5 s)"),
     "bench plot runs/ --out figures/": ("slow", "draws every figure with matplotlib (~10 s)"),
+    "bench report runs/ --out site/": ("slow", "draws every figure and writes the site (~10 s)"),
     "bench predict runs/<run> ~/new-images --out pred/ --tta": (
         "skip",
         "needs a trained run (<run> is its folder); tests/test_predict.py runs bench predict",
