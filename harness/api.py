@@ -266,6 +266,8 @@ class SegDataset:
     fingerprint: str
     spacing: float | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    #: hash of the ids' masks (the fingerprint covers ids and images only); "" when the source gives none
+    mask_fingerprint: str = ""
 
     def __len__(self) -> int:
         return len(self.ids)

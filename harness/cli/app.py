@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib
 import importlib.metadata
 import sys
@@ -83,6 +84,23 @@ def main() -> None:
     except UserError as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise SystemExit(2) from None
+    except OSError as exc:  # a full disk, a read-only or missing folder: the path and the reason, no traceback
+        typer.secho(f"error: {os_error_text(exc)}", fg="red", err=True)
+        raise SystemExit(2) from None
+
+
+def os_error_text(exc: OSError) -> str:
+    """One line for an I/O error: what failed, on which path, and what to check."""
+    paths = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
+    reason = exc.strerror or str(exc)
+    hint = {
+        errno.ENOSPC: "free space on that disk or write elsewhere",
+        errno.EDQUOT: "free space on that disk or write elsewhere",
+        errno.EACCES: "check its permissions or write elsewhere",
+        errno.EPERM: "check its permissions or write elsewhere",
+        errno.EROFS: "the file system is read-only: write elsewhere",
+    }.get(exc.errno or -1, "check the path")
+    return f"{reason}: {paths or '(no path given)'}; {hint}"
 
 
 if __name__ == "__main__":

@@ -15,11 +15,14 @@ import csv
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import tempfile
 import tomllib
 import warnings
+import zipfile
+import zlib
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,7 +39,12 @@ from harness.errors import UserError
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif")
 RESIZE_MODES = ("squash", "pad")
 NORMALISATIONS = ("zscore", "published")
-CACHE_VERSION = 1
+#: 2: 16-bit images are scaled by their bit depth (an 8-bit-valued 16-bit PNG no longer decodes black)
+CACHE_VERSION = 2
+#: larger files are not read as images (a guard against devices and runaway files named *.png)
+MAX_FILE_BYTES = 512 * 2**20
+#: a dataset name becomes part of file names (split files): letters, digits and . _ - + space only
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+ -]*")
 DEFAULT_SOURCE = "phantom"
 TOML_KEYS = ("name", "channels", "resize", "normalisation", "strata", "spacing", "include_strata", "mask_threshold")
 MAX_LISTED = 20
@@ -109,8 +117,8 @@ def read_dataset_toml(path: Path) -> DatasetConfig:
 
     config = DatasetConfig()
     if "name" in raw:
-        if not isinstance(raw["name"], str) or not raw["name"]:
-            raise bad("name", "a non-empty string")
+        if not isinstance(raw["name"], str) or not SAFE_NAME.fullmatch(raw["name"]):
+            raise bad("name", "a name of letters, digits, '.', '_', '-', '+' or spaces (it becomes a file name)")
         config.name = raw["name"]
     if "channels" in raw:
         if raw["channels"] not in (1, 3) or isinstance(raw["channels"], bool):
@@ -131,7 +139,7 @@ def read_dataset_toml(path: Path) -> DatasetConfig:
         config.strata = dict(strata)
     if "spacing" in raw:
         value = raw["spacing"]
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
             raise bad("spacing", "a positive number (mm per pixel at the original resolution)")
         config.spacing = float(value)
     if "include_strata" in raw:
@@ -141,8 +149,8 @@ def read_dataset_toml(path: Path) -> DatasetConfig:
         config.include_strata = list(value)
     if "mask_threshold" in raw:
         value = raw["mask_threshold"]
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise bad("mask_threshold", "a number >= 0 (mask values above it are foreground)")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+            raise bad("mask_threshold", "a finite number >= 0 (mask values above it are foreground)")
         config.mask_threshold = float(value)
     return config
 
@@ -171,10 +179,20 @@ def _list_files(folder: Path, problems: list[str]) -> dict[str, Path]:
             continue
         if path.is_dir():
             continue
+        if not path.is_file():  # a FIFO, socket or device would block or never end when read
+            problems.append(f"{path}: not a regular file (a pipe, socket or device); remove it from the dataset")
+            continue
         if path.suffix.lower() not in IMAGE_EXTENSIONS:
             problems.append(
                 f"{path}: unsupported file type {path.suffix or '(none)'!r}; "
                 f"use one of {', '.join(IMAGE_EXTENSIONS)} or move the file out of the dataset"
+            )
+            continue
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            problems.append(
+                f"{path}: {size / 2**20:.0f} MiB, more than the {MAX_FILE_BYTES // 2**20} MiB an image may have; "
+                "re-export it smaller or move it out of the dataset"
             )
             continue
         by_id.setdefault(path.stem, []).append(path)
@@ -203,6 +221,11 @@ def _read_groups(path: Path, ids: Iterable[str]) -> tuple[dict[str, str], dict[s
                 )
             seen = set()
             for line, row in enumerate(reader, start=2):
+                if None in row:  # DictReader files fields beyond the header under the key None
+                    raise DataError(
+                        f"{path} line {line}: {len(row[None])} field(s) more than the header's {len(columns)} "
+                        f"({', '.join(columns)}); quote values that hold commas, or drop the extra fields"
+                    )
                 row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
                 item_id = row["id"]
                 if Path(item_id).suffix.lower() in IMAGE_EXTENSIONS:
@@ -319,14 +342,41 @@ def decode_image(data: bytes, path: Path) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
             if img.mode in ("I;16", "I;16B", "I;16L"):
-                return (np.asarray(img, dtype=np.uint16) >> 8).astype(np.uint8)
+                return _scale_by_bit_depth(np.asarray(img, dtype=np.uint16))
             if img.mode in ("I", "F"):
                 arr = np.asarray(img, dtype=np.float64)
-                span = max(float(arr.max() - arr.min()), 1e-12)
-                return ((arr - arr.min()) / span * 255).round().astype(np.uint8)
-            return np.asarray(img.convert("L"), dtype=np.uint8)
+            else:
+                return np.asarray(img.convert("L"), dtype=np.uint8)
     except DECODE_ERRORS as exc:
         raise DataError(f"{path}: unreadable or truncated image ({_reason(exc)}); {REEXPORT}") from None
+    bad = int(np.count_nonzero(~np.isfinite(arr)))
+    if bad:
+        raise DataError(f"{path}: {bad} NaN or infinite pixel(s) in a float image; {REEXPORT} with finite values")
+    span = max(float(arr.max() - arr.min()), 1e-12)
+    return ((arr - arr.min()) / span * 255).round().astype(np.uint8)
+
+
+def _scale_by_bit_depth(arr: np.ndarray) -> np.ndarray:
+    """16-bit pixels to uint8 by the bit depth the values actually use.
+
+    An 8-bit image saved as 16-bit stays as it is (a plain shift by 8 would make it black); 10-, 12- or
+    16-bit data is scaled from its bit range (2**bits - 1), so images of one scanner keep their relative
+    brightness instead of being stretched one by one.
+    """
+    top = int(arr.max())
+    if top <= 255:
+        return arr.astype(np.uint8)
+    full = (1 << top.bit_length()) - 1
+    return np.round(arr.astype(np.float64) * (255 / full)).astype(np.uint8)
+
+
+def warn_if_constant(image: np.ndarray, path: Path) -> None:
+    """Warn when an image decodes to one value everywhere (a blank export, or a decoding it does not suit)."""
+    if image.size and image.min() == image.max():
+        warnings.warn(
+            f"{path}: decodes to a constant image (every pixel {int(image.flat[0])}); check the file",
+            stacklevel=2,
+        )
 
 
 def decode_mask(data: bytes, path: Path, threshold: float | None) -> np.ndarray:
@@ -460,11 +510,17 @@ class DecodeCache:
 
     @staticmethod
     def read(path: Path) -> dict[str, np.ndarray] | None:
+        """The arrays cached at ``path``; None when absent, or damaged (warned, removed: decoded again)."""
         try:
             with np.load(path, allow_pickle=False) as npz:
                 return {k: npz[k] for k in npz.files}
-        except (OSError, ValueError, KeyError, EOFError):
-            return None  # absent or damaged: decode again
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            warnings.warn(f"data cache file {path} is damaged ({exc}); decoding again and rewriting it", stacklevel=2)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return None
 
     def write(self, path: Path, arrays: dict[str, np.ndarray]) -> None:
         try:
@@ -505,6 +561,7 @@ def _read(path: Path) -> bytes:
 def _decode(item: _Item, size: int, mode: str, threshold: float | None) -> dict[str, np.ndarray]:
     """Decode, validate and resize one item's image and mask."""
     image = decode_image(_read(item.image_path), item.image_path)
+    warn_if_constant(image, item.image_path)
     image_small, box = resize_image(image, size, mode)
     arrays = {"image": image_small, "box": np.array(box, np.int32), "native_shape": np.array(image.shape, np.int32)}
     if item.mask_path is not None:
@@ -595,6 +652,16 @@ def fingerprint_of(ids: Iterable[str], content_hashes: dict[str, str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def mask_fingerprint_of(ids: Iterable[str], mask_hashes: dict[str, str], threshold: float | None = None) -> str:
+    """SHA-256 over the sorted ids and their masks' hashes (and the threshold that binarises them).
+
+    Kept apart from :func:`fingerprint_of`, which splits and generator caches key on (images only):
+    a run records both, so that changed masks are noticed too.
+    """
+    text = f"threshold\t{threshold}\n" + "".join(f"{i}\t{mask_hashes[i]}\n" for i in sorted(ids))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def select_strata(ids: list[str], strata: list[str], include: list[str] | None, where: str) -> list[int]:
     """Positions of the ids whose stratum is in ``include`` (all when None); unknown strata are an error."""
     if not include:
@@ -632,6 +699,7 @@ def assemble_dataset(
         boxes.append(box)
     kept = [ids[k] for k in keep]
     hashes = {i: content_hashes[i] for i in kept}
+    mask_hashes = {ids[k]: hashlib.sha256(np.packbits(native_masks[k]).tobytes()).hexdigest() for k in keep}
     return SegDataset(
         name=name,
         ids=kept,
@@ -645,6 +713,7 @@ def assemble_dataset(
         unlabeled_ids=[],
         content_hashes=hashes,
         fingerprint=fingerprint_of(kept, hashes),
+        mask_fingerprint=mask_fingerprint_of(kept, mask_hashes),
         spacing=spacing,
         options={**{k: v for k, v in options.items() if k != "cache_dir"}, "resize": mode},
     )
@@ -698,6 +767,7 @@ def load_folder(root: Path, options: dict[str, Any]) -> SegDataset:
         unlabeled_ids=[it.item_id for it in unlabeled],
         content_hashes=hashes,
         fingerprint=fingerprint_of(ids, hashes),
+        mask_fingerprint=mask_fingerprint_of(ids, {it.item_id: str(it.mask_hash) for it in labeled}, threshold),
         spacing=config.spacing,
         options=resolved,
     )
@@ -756,8 +826,8 @@ def load_dataset(
         raise DataError(f"image size {image_size!r} is invalid; use an integer >= 8, e.g. 128")
     if resize is not None and resize not in RESIZE_MODES:
         raise DataError(f"--resize {resize!r} is not one of {', '.join(RESIZE_MODES)}")
-    if mask_threshold is not None and mask_threshold < 0:
-        raise DataError(f"--mask-threshold {mask_threshold} must be >= 0")
+    if mask_threshold is not None and not 0 <= mask_threshold < math.inf:
+        raise DataError(f"--mask-threshold {mask_threshold}: use a finite number >= 0")
     source, source_spec = resolve_source(spec, registry)
     options = {
         "image_size": image_size,

@@ -1,28 +1,24 @@
-"""The per-run job record (job.json), the run log (run.log) and the lock heartbeat.
+"""The per-run job record (job.json) and the run log (run.log); the lock heartbeat lives in the run lock.
 
 Executors record where each run went in ``run_dir/job.json`` so that ``bench status`` can report it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness.runs.store import LOCK_FILE, atomic_write_json
+from harness.runs.store import HEARTBEAT_S, atomic_write_json
 
 Log = Callable[[str], None]
 
 JOB_FILE = "job.json"
 LOG_FILE = "run.log"
-#: how often a training process refreshes its lock's mtime (other hosts treat a fresh lock as alive)
-HEARTBEAT_S = 60.0
+__all__ = ["HEARTBEAT_S", "JOB_FILE", "LOG_FILE", "RunLog", "end_job", "read_job", "tail", "write_job"]
 
 
 # --------------------------------------------------------------------------- job records and logs
@@ -81,26 +77,3 @@ def tail(path: Path, lines: int = 15) -> list[str]:
     except OSError:
         return []
     return text.splitlines()[-lines:]
-
-
-@contextmanager
-def heartbeat(run_dir: Path, every_s: float = HEARTBEAT_S) -> Iterator[None]:
-    """Refresh the run's lock mtime while training, so that other hosts see a live lock (not a stale one)."""
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(every_s):
-            with contextlib.suppress(OSError):  # no lock yet, or already released
-                os.utime(Path(run_dir) / LOCK_FILE)
-
-    thread = threading.Thread(target=beat, name="segbench-heartbeat", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield

@@ -40,7 +40,7 @@ def run_rank(task: Any, log: Callable[[str], None]) -> str:
     try:
         execute(
             run, task.out_path, log=log, show_progress=task.show_progress, device_name=str(info.device),
-            trackers=task.trackers,
+            trackers=task.trackers, retrain_changed=task.retrain_changed, restart_damaged=task.restart_damaged,
         )  # fmt: skip
     except RunLockedError:
         if not ddp.inputs_sent():
@@ -79,7 +79,10 @@ def _follow(run: Any, task: Any) -> str:
         val_dataset=None,  # type: ignore[arg-type]  # only rank 0 validates
         val_indices=[],
     )
-    trainer = Trainer(method, run.settings, data, normaliser, info.device, task.run_dir, show_progress=False)
+    trainer = Trainer(
+        method, run.settings, data, normaliser, info.device, task.run_dir, show_progress=False,
+        restart_damaged=task.restart_damaged,
+    )  # fmt: skip
     trainer.train()
     return "done"
 

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import socket
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.execution.joblog import HEARTBEAT_S, LOG_FILE, read_job, tail
-from harness.runs.store import LOCK_FILE, read_run
+from harness.execution.joblog import LOG_FILE, read_job, tail
+from harness.runs.store import lock_alive, read_run
 
 # --------------------------------------------------------------------------- where a run stands
 
@@ -39,25 +36,6 @@ class RunStatus:
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def lock_alive(run_dir: Path, stale_after_s: float = 3 * HEARTBEAT_S) -> bool:
-    """True when the run's lock belongs to a live process: its pid on this host, or a fresh heartbeat elsewhere."""
-    path = Path(run_dir) / LOCK_FILE
-    try:
-        held = json.loads(path.read_text() or "{}")
-        age = time.time() - path.stat().st_mtime
-    except (OSError, ValueError):
-        return False
-    if held.get("host") == socket.gethostname():
-        try:
-            os.kill(int(held.get("pid", -1)), 0)
-        except (ProcessLookupError, ValueError):
-            return False
-        except PermissionError:
-            pass
-        return True
-    return age < stale_after_s
 
 
 def last_step(run_dir: Path) -> int | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from harness.errors import UserError
 from harness.execution import ranks
-from harness.execution.joblog import LOG_FILE, Log, RunLog, _nothing, heartbeat
+from harness.execution.joblog import LOG_FILE, Log, RunLog
 from harness.runs.resolve import ResolvedRun, RunSpec
 from harness.runs.store import RunLockedError, read_run
 from harness.runs.tracking import TrackerChoice
@@ -47,6 +47,10 @@ class RunTask:
     show_progress: bool = False
     #: experiment trackers fed by the run (``--tracker``); not part of the run's identity
     trackers: TrackerChoice = field(default_factory=TrackerChoice)
+    #: train a finished (or interrupted) run again when its data changed (``--retrain-changed``)
+    retrain_changed: bool = False
+    #: move a damaged checkpoints/latest.pt aside and train from scratch (``--restart-damaged``)
+    restart_damaged: bool = False
 
     @property
     def out_path(self) -> Path:
@@ -74,13 +78,18 @@ class Request:
     log: Log = print
     #: experiment trackers every run feeds (``--tracker``)
     trackers: TrackerChoice = field(default_factory=TrackerChoice)
+    #: train runs whose data changed since they were trained again (else they are refused)
+    retrain_changed: bool = False
+    #: move damaged latest.pt checkpoints aside and train those runs from scratch (else they are refused)
+    restart_damaged: bool = False
 
     def tasks(self, show_progress: bool = False) -> list[RunTask]:
         out = str(Path(self.out_dir).resolve())
         return [
-            RunTask(r.spec, r.run_id, r.name, out, self.device, self.gpus, self.sync_bn, show_progress, self.trackers)
+            RunTask(r.spec, r.run_id, r.name, out, self.device, self.gpus, self.sync_bn, show_progress, self.trackers,
+                    self.retrain_changed, self.restart_damaged)
             for r in self.runs
-        ]
+        ]  # fmt: skip
 
 
 @dataclass
@@ -95,6 +104,11 @@ class Report:
 
 def finish(report: Report, out_dir: Path, log: Log) -> None:
     """Tell the user what became of the runs; raise :class:`ExecutorError` when some failed."""
+    if report.busy and not (report.done or report.failed or report.submitted):
+        raise ExecutorError(
+            f"nothing was trained: all {len(report.busy)} run(s) are being trained by other processes (first "
+            f"{report.busy[0]}); see `bench status {out_dir}`, and rerun later to pick up any that stop"
+        )
     if report.busy:
         log(f"{len(report.busy)} run(s) were being trained by another process; rerun later to pick them up")
     if report.failed:
@@ -155,23 +169,22 @@ def run_task(task: RunTask, log: Log | bool | None = None, *, job: str = "", thr
                 f"run {task.name} resolves to id {run.run_id} here, not {task.run_id}: the installed segbench or "
                 "plugins differ from the submitting machine's; install the same versions on both"
             )
-        with heartbeat(task.run_dir) if writer else _nothing():
-            if ddp.current() is not None:  # one rank of torchrun or of a multi-task Slurm job
-                ranks.run_rank(task, run_log)
-            elif task.gpus > 1:
-                gpus = visible_gpus() if task.device != "cpu" else []
-                if gpus and len(gpus) < task.gpus:
-                    raise ExecutorError(f"--gpus {task.gpus}: only {len(gpus)} GPU(s) visible ({','.join(gpus)})")
-                per_rank = threads or max(1, cpu_count() // task.gpus)
-                ranks.launch(task, task.gpus, gpus[: task.gpus] if gpus else None, per_rank)
-                record = read_run(task.run_dir) or {}
-                if record.get("status") != "done":
-                    raise ExecutorError(f"run {task.name} ended with status {record.get('status')!r}")
-            else:
-                execute(
-                    run, task.out_path, log=run_log, show_progress=task.show_progress, device_name=task.device,
-                    trackers=task.trackers,
-                )  # fmt: skip
+        if ddp.current() is not None:  # one rank of torchrun or of a multi-task Slurm job
+            ranks.run_rank(task, run_log)
+        elif task.gpus > 1:
+            gpus = visible_gpus() if task.device != "cpu" else []
+            if gpus and len(gpus) < task.gpus:
+                raise ExecutorError(f"--gpus {task.gpus}: only {len(gpus)} GPU(s) visible ({','.join(gpus)})")
+            per_rank = threads or max(1, cpu_count() // task.gpus)
+            ranks.launch(task, task.gpus, gpus[: task.gpus] if gpus else None, per_rank)
+            record = read_run(task.run_dir) or {}
+            if record.get("status") != "done":
+                raise ExecutorError(f"run {task.name} ended with status {record.get('status')!r}")
+        else:
+            execute(
+                run, task.out_path, log=run_log, show_progress=task.show_progress, device_name=task.device,
+                trackers=task.trackers, retrain_changed=task.retrain_changed, restart_damaged=task.restart_damaged,
+            )  # fmt: skip
     except RunLockedError as exc:
         run_log(f"not trained here: {exc}")
         return "busy"

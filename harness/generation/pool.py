@@ -99,6 +99,21 @@ def _atomic_json(path: Path, value: Any) -> None:
         raise
 
 
+def _read_samples(path: Path, shape: tuple[int, ...], log: Callable[[str], None]) -> torch.Tensor | None:
+    """Cached samples at ``path``; None when absent, or damaged (then said, removed and sampled again)."""
+    if not path.is_file():
+        return None
+    try:
+        samples = torch.load(path, weights_only=True)
+        if not torch.is_tensor(samples) or tuple(samples.shape) != shape or samples.dtype != torch.uint8:
+            raise ValueError(f"holds {type(samples).__name__} {getattr(samples, 'shape', '')}, expected {shape} uint8")
+    except Exception as exc:  # noqa: BLE001 - a cache: anything unreadable is a miss
+        log(f"warning: cached samples {path} are damaged ({type(exc).__name__}: {exc}); sampling again")
+        path.unlink(missing_ok=True)
+        return None
+    return samples
+
+
 def _atomic_tensor(path: Path, tensor: torch.Tensor) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -251,8 +266,8 @@ def synthetic_pool(
     sampling = {k: v for k, v in params_dict(params).items() if k in skip}
     sample_path = directory / f"samples-n{n}-s{seed}-{_sha256_json(sampling)[:12]}.pt"
     timing_path = sample_path.with_suffix(".json")
-    if sample_path.is_file():
-        samples = torch.load(sample_path, weights_only=True)
+    samples = _read_samples(sample_path, (n, 1, image_size, image_size), log)
+    if samples is not None:
         log(f"generator {name}: {n} samples cached ({sample_path.name})")
         samples_cached = True
         seconds = json.loads(timing_path.read_text()).get("sample_seconds") if timing_path.is_file() else None

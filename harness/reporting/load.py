@@ -64,6 +64,7 @@ def run_record(run: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         selection_is_test=bool(data.get("selection_is_test", False)),
         dataset=data.get("name"),
         fingerprint=data.get("fingerprint"),
+        mask_fingerprint=data.get("mask_fingerprint"),
         split_file=data.get("split_file") or split.get("file"),
         split_hash=data.get("split_hash"),
         n_labeled=data.get("n_labeled"),

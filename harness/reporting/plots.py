@@ -413,8 +413,14 @@ def _synthetic_images(directory: Path, n: int) -> np.ndarray | None:
     files = sorted(directory.glob("samples-*.pt"))
     if not files:
         return None
-    samples = torch.load(files[0], map_location="cpu", weights_only=True)
-    return samples[:n, 0].numpy()
+    try:
+        samples = torch.load(files[0], map_location="cpu", weights_only=True)
+        return samples[:n, 0].numpy()
+    except Exception as exc:  # noqa: BLE001 - truncated, garbage or not a tensor
+        raise PlotError(
+            f"generator samples file {files[0]} is damaged ({type(exc).__name__}); delete it: the next "
+            "`bench run` of a run using this generator samples again"
+        ) from None
 
 
 def _dataset_for(cfg: dict[str, Any], cache: dict[str, Any]) -> Any:

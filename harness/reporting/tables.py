@@ -52,8 +52,8 @@ METRIC_TITLES = {
 DECIMALS = {"hd95": 1, "assd": 1}
 #: settings that must agree for numbers to share a table
 SETTING_KEYS = (
-    "dataset", "fingerprint", "include_strata", "protocol", "k", "selection_is_test", "image_size", "iterations",
-    "resize", "eval_resolution",
+    "dataset", "fingerprint", "mask_fingerprint", "include_strata", "protocol", "k", "selection_is_test", "image_size",
+    "iterations", "resize", "eval_resolution",
 )  # fmt: skip
 #: run settings that tell two configurations of one method apart (besides its parameters)
 ROW_KEYS = (
@@ -287,7 +287,42 @@ def build_tables(
             sub = part if group is None else part[part["stratum"] == group]
             sub_runs = setting_runs[setting_runs.index.isin(sub["run"].unique())]
             tables.append(_one_table(sub, sub_runs, metrics, checkpoint, compare, significance, group, resamples))
+            tables[-1].notes += _data_version_notes(runs, setting_runs)
     return tables
+
+
+def data_versions(runs: pd.DataFrame) -> dict[str, list[str]]:
+    """Datasets that appear in ``runs`` with more than one fingerprint: ``{name: [fingerprint, ...]}``.
+
+    The fingerprint of a run is its data fingerprint, plus its mask fingerprint where recorded.
+    """
+    if "fingerprint" not in runs:
+        return {}
+    keys = runs.apply(_fingerprint_text, axis=1)
+    names = runs.apply(_data_name, axis=1)
+    versions = {name: sorted(set(keys[names == name])) for name in dict.fromkeys(names)}
+    return {name: found for name, found in versions.items() if len(found) > 1}
+
+
+def _fingerprint_text(run: pd.Series) -> str:
+    data, masks = run.get("fingerprint"), run.get("mask_fingerprint")
+    text = str(data)[:12] if isinstance(data, str) and data else "unrecorded"
+    return text + (f"/masks {masks[:8]}" if isinstance(masks, str) and masks else "")
+
+
+def _data_version_notes(runs: pd.DataFrame, setting_runs: pd.DataFrame) -> list[str]:
+    """Say so when the data of this table's runs changed between runs (they are split into tables)."""
+    notes = []
+    for name, found in data_versions(runs).items():
+        here = sorted(
+            set(setting_runs[setting_runs.apply(_data_name, axis=1) == name].apply(_fingerprint_text, axis=1))
+        )
+        if here:
+            notes.append(
+                f"WARNING: dataset {name} changed between runs: these results hold {len(found)} versions of it "
+                f"(fingerprints {', '.join(found)}), each in its own table; this table holds runs on {', '.join(here)}."
+            )
+    return notes
 
 
 def _cells(

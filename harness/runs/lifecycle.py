@@ -23,9 +23,10 @@ from harness.evaluation.evaluate import evaluate_images, summarise
 from harness.evaluation.metrics import METRIC_POLICY
 from harness.generation.pool import synthetic_pool
 from harness.plugins import Registry, get_registry
+from harness.runs import freshness
 from harness.runs.resolve import ResolvedRun, RunSpec
 from harness.runs.run_figures import run_figures
-from harness.runs.store import METRICS_FILE, atomic_write_json, read_run, run_lock, write_rows_csv
+from harness.runs.store import METRICS_FILE, atomic_write_json, read_run, run_lock, safe_file_name, write_rows_csv
 from harness.runs.tracking import TrackerChoice, Trackers, final_scalars
 from harness.training import ddp
 from harness.training.device import autocast_factory, resolve_device, seed_everything
@@ -57,8 +58,11 @@ def load_run_dataset(spec: RunSpec, image_size: int) -> SegDataset:
     return load_dataset(spec.data, image_size=image_size, resize=spec.resize, include_strata=spec.include_strata)
 
 
-def split_for(spec: RunSpec, dataset: SegDataset, out_dir: Path) -> tuple[dict, Path]:
-    """The split of the run: the given file (made on the fly when absent) or a shared default file."""
+def split_for(spec: RunSpec, dataset: SegDataset, out_dir: Path, *, save: bool = True) -> tuple[dict, Path]:
+    """The split of the run: the given file (made on the fly when absent) or a shared default file.
+
+    ``save=False`` makes an absent split in memory only (checking a finished run writes nothing).
+    """
     if spec.split_file:
         path = Path(spec.split_file)
     else:
@@ -66,8 +70,8 @@ def split_for(spec: RunSpec, dataset: SegDataset, out_dir: Path) -> tuple[dict, 
             out_dir
             / "splits"
             / (
-                f"{dataset.name}-{dataset.fingerprint[:8]}-{spec.protocol}-k{spec.k}-v{spec.val_fraction:g}"
-                f"-{spec.val_from}-d{spec.label_draws}-s{spec.split_seed}.json"
+                f"{safe_file_name(dataset.name)}-{dataset.fingerprint[:8]}-{spec.protocol}-k{spec.k}"
+                f"-v{spec.val_fraction:g}-{spec.val_from}-d{spec.label_draws}-s{spec.split_seed}.json"
             )
         )
     if path.exists():
@@ -81,8 +85,16 @@ def split_for(spec: RunSpec, dataset: SegDataset, out_dir: Path) -> tuple[dict, 
         seed=spec.split_seed,
         label_draws=spec.label_draws,
     )
-    save_split(split, path)
+    if save:
+        save_split(split, path)
     return split, path
+
+
+def data_changes(run: ResolvedRun, recorded: dict[str, Any] | None, out_dir: Path) -> list[str]:
+    """How the run's data now differs from ``recorded`` (a run.json ``data`` block); writes nothing."""
+    dataset = load_run_dataset(run.spec, run.image_size)
+    split, _ = split_for(run.spec, dataset, out_dir, save=False)
+    return freshness.changes(recorded, freshness.identity(dataset, split_hash(split)), dataset)
 
 
 def _sha256_ids(ids: list[str]) -> str:
@@ -98,23 +110,38 @@ def execute(
     registry: Registry | None = None,
     device_name: str = "auto",
     trackers: TrackerChoice | None = None,
+    retrain_changed: bool = False,
+    restart_damaged: bool = False,
 ) -> Path:
     """Train and evaluate one resolved run under ``out_dir``; skip it when it is already done.
 
     ``trackers`` (``bench run --tracker``) receive the run's config, curves, test metrics and figures
     (rank 0 only); a failing tracker is dropped with a warning, never failing the run.
+
+    A finished run is current only while its data is: when the dataset's fingerprints or the split
+    hash differ from those it recorded, it is refused (:class:`~harness.runs.freshness.StaleRunError`)
+    or, with ``retrain_changed``, trained again from scratch under the same id. ``restart_damaged``
+    moves a damaged checkpoints/latest.pt aside and trains from scratch instead of refusing.
     """
     registry = registry or get_registry()
     spec, cfg = run.spec, run.config
     run_dir = Path(out_dir) / run.name
+    previous = read_run(run_dir)
+    if previous and previous.get("status") == "done":  # no lock needed to read: a read-only store can be checked
+        found = data_changes(run, previous.get("data"), Path(out_dir))
+        if not found:
+            _skip_done(run.name, previous, log)
+            return run_dir
+        if not retrain_changed:
+            raise freshness.refusal(run.name, "was trained", found)
     with run_lock(run_dir):  # checked under the lock: another process may have just finished it
         previous = read_run(run_dir)
+        stale: list[str] = []
         if previous and previous.get("status") == "done":
-            made_by = previous.get("versions", {}).get("segbench")
-            if made_by != __version__:
-                log(f"warning: {run.name} was made by segbench {made_by}, this is {__version__}")
-            log(f"{run.name}: done already, skipped")
-            return run_dir
+            stale = data_changes(run, previous.get("data"), Path(out_dir))
+            if not stale:
+                _skip_done(run.name, previous, log)
+                return run_dir
         device = resolve_device(device_name)
         seed_everything(spec.seed, spec.deterministic)
         if spec.deterministic:
@@ -151,23 +178,47 @@ def execute(
                 },
             },
         }
-        if previous and previous.get("status") in ("running", "failed"):
+        if stale:  # retrain_changed: this run starts over on the current data
+            freshness.clear_outputs(run_dir)
+            record["retrained"] = {
+                "changes": stale,
+                "previous_data": previous["data"],
+                "previous_test": previous.get("test"),
+            }
+            log(f"{run.name}: data changed ({'; '.join(stale)}); training it again ({freshness.RETRAIN_FLAG})")
+        elif previous and previous.get("status") in ("running", "failed"):
             record["resumed"] = True
+            if previous.get("data"):  # kept until the data is checked: a failed check must not forget it
+                record["data"] = previous["data"]
+        resumed_data = record.get("data") if record.get("resumed") else None
         atomic_write_json(run_dir / "run.json", record)
         tracked = Trackers.build(trackers, registry, log) if trackers and ddp.is_writer() else Trackers([], log)
         config = json.loads(json.dumps(cfg, default=str))  # as run.json holds it
         tracked.start(TrackedRun(run.name, run.run_id, run_dir, Path(out_dir), config, bool(record.get("resumed"))))
         try:
-            _train_and_evaluate(run, run_dir, Path(out_dir), record, device, log, show_progress, registry, tracked)
+            _train_and_evaluate(
+                run, run_dir, Path(out_dir), record, device, log, show_progress, registry, tracked,
+                resumed_data=resumed_data, retrain_changed=retrain_changed, restart_damaged=restart_damaged,
+            )  # fmt: skip
         except BaseException as exc:
             record.update(status="failed", error=f"{type(exc).__name__}: {exc}", ended=time.time())
-            atomic_write_json(run_dir / "run.json", record)
+            try:
+                atomic_write_json(run_dir / "run.json", record)
+            except OSError as write_error:  # e.g. the disk is still full: the original error matters more
+                log(f"could not record the failure in {run_dir / 'run.json'}: {write_error}")
             tracked.finish("failed" if isinstance(exc, Exception) else "interrupted")
             raise
         record.update(status="done", ended=time.time())
         atomic_write_json(run_dir / "run.json", record)
         tracked.finish("done")
     return run_dir
+
+
+def _skip_done(name: str, previous: dict[str, Any], log: Log) -> None:
+    made_by = previous.get("versions", {}).get("segbench")
+    if made_by != __version__:
+        log(f"warning: {name} was made by segbench {made_by}, this is {__version__}")
+    log(f"{name}: done already, skipped")
 
 
 def _train_and_evaluate(
@@ -180,15 +231,28 @@ def _train_and_evaluate(
     show_progress: bool,
     registry: Registry,
     tracked: Trackers,
+    resumed_data: dict[str, Any] | None = None,
+    retrain_changed: bool = False,
+    restart_damaged: bool = False,
 ) -> None:
     spec, cfg = run.spec, run.config
     t0 = time.perf_counter()
     dataset = load_run_dataset(spec, run.image_size)
     split, split_path = split_for(spec, dataset, out_dir)
+    current = freshness.identity(dataset, split_hash(split))
+    stale = freshness.changes(resumed_data, current, dataset)
+    if stale and not retrain_changed:  # its checkpoint holds training on the old data: never resume onto new data
+        raise freshness.refusal(run.name, "was interrupted while training", stale)
+    if stale:
+        freshness.clear_outputs(run_dir)
+        record.pop("resumed", None)
+        record["retrained"] = {"changes": stale, "previous_data": resumed_data}
+        log(f"{run.name}: data changed ({'; '.join(stale)}); training it from scratch ({freshness.RETRAIN_FLAG})")
     parts = fold_parts(split, spec.fold, spec.labeled, spec.draw)
     record["data"] = {
         "name": dataset.name,
         "fingerprint": dataset.fingerprint,
+        "mask_fingerprint": dataset.mask_fingerprint,
         "n_images": len(dataset),
         "split_file": str(split_path),
         "split_hash": split_hash(split),
@@ -254,7 +318,7 @@ def _train_and_evaluate(
     atomic_write_json(run_dir / "run.json", record)
     trainer = Trainer(
         method, run.settings, data, normaliser, device, run_dir, show_progress=show_progress,
-        on_log=tracked.log_curves if tracked else None,
+        on_log=tracked.log_curves if tracked else None, restart_damaged=restart_damaged,
     )  # fmt: skip
     result = trainer.train()
     record["train"] = dataclasses.asdict(result)

@@ -7,6 +7,7 @@ A method only computes the loss of one step.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -31,7 +32,15 @@ from harness.training.schedules import consistency_weight, poly_lr, ramp_progres
 
 
 class NonFiniteLossError(UserError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss or the weights became NaN or infinite; no checkpoint holding them is written."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint cannot be written (disk full, read-only) or read back (truncated, damaged)."""
+
+
+#: the flag that moves a damaged latest.pt aside and trains the run from scratch (``bench run``)
+RESTART_FLAG = "--restart-damaged"
 
 
 @dataclass
@@ -84,10 +93,44 @@ class TrainResult:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """Write a checkpoint to a temporary file, then rename it over ``path``."""
+    """Write a checkpoint to a temporary file, fsync it, then rename it over ``path``.
+
+    On any failure the temporary file is removed (a full disk gets its space back) and an OSError
+    becomes a :class:`CheckpointError` naming the file. The checkpoint is serialised in memory first,
+    so that a write error surfaces as the OSError it is, not as torch's stream-writer text.
+    """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(buffer.getbuffer())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise CheckpointError(
+                f"cannot write checkpoint {path} ({exc.strerror or exc}); free space there or give another --out. "
+                "Rerunning resumes from the last checkpoint written"
+            ) from exc
+        raise
+
+
+def remove_partial_saves(ckpt_dir: Path) -> list[Path]:
+    """Remove temporary checkpoint files a killed save left behind (call while holding the run's lock)."""
+    removed = []
+    for tmp in Path(ckpt_dir).glob(".*.pt.*.tmp"):
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
+def all_finite(module_state: dict[str, Any]) -> bool:
+    """True when every floating-point tensor of a state dict is finite (one host sync)."""
+    flags = [t.isfinite().all() for t in module_state.values() if torch.is_tensor(t) and t.is_floating_point()]
+    return bool(torch.stack(flags).all()) if flags else True
 
 
 def make_predictor(
@@ -144,6 +187,7 @@ class Trainer:
         show_progress: bool = True,
         describe_step: Callable[[dict[str, float]], None] | None = None,
         on_log: Callable[[list[dict[str, Any]]], None] | None = None,
+        restart_damaged: bool = False,
     ) -> None:
         """``on_log(rows)`` receives every batch of rows written to curves.jsonl (host values; trackers)."""
         self.dist = ddp.current()
@@ -162,6 +206,9 @@ class Trainer:
         self.curves_path = self.run_dir / "curves.jsonl"
         self.show_progress = show_progress
         self.on_log = on_log
+        self.restart_damaged = restart_damaged
+        #: checkpoints written (or found on resume) and the step each holds: every one of them is finite
+        self.kept: dict[str, int] = {}
         self.autocast = autocast_factory(device, settings.precision)
         if settings.loss not in SUPERVISED_LOSSES:
             raise UserError(f"unknown loss {settings.loss!r}; use one of {', '.join(SUPERVISED_LOSSES)}")
@@ -240,28 +287,87 @@ class Trainer:
             state["rng_ranks"] = ddp.gather_objects(state["rng"])
         return state
 
+    def kept_text(self) -> str:
+        """Which checkpoints hold finite weights, for messages that must be true."""
+        if not self.kept:
+            return f"no checkpoint was written yet in {self.ckpt_dir}"
+        held = ", ".join(f"{name} (step {step})" for name, step in sorted(self.kept.items()))
+        return f"the checkpoints kept in {self.ckpt_dir} hold finite weights: {held}"
+
+    def require_finite(self, step: int) -> None:
+        """Stop before anything is saved when the weights are no longer finite (every rank calls it)."""
+        if not all_finite(self.method.state_dict()):
+            raise NonFiniteLossError(
+                f"non-finite weights after step {step}; nothing from then on is saved, and {self.kept_text()}. "
+                "Lower the learning rate (--set lr=...) or use --precision fp32."
+            )
+
     def save_latest(self, step: int) -> None:
+        self.require_finite(step)
         state = self._full_state(step)  # collective in a distributed run: every rank calls it
         if not self.writer:
             return
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         atomic_torch_save(state, self.ckpt_dir / "latest.pt")
+        self.kept["latest.pt"] = step
 
     def _save_weights(self, name: str, step: int, score: float) -> None:
         if not self.writer:
             return
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         atomic_torch_save({"step": step, "score": score, "method": self.method.state_dict()}, self.ckpt_dir / name)
+        self.kept[name] = step
+
+    def _load_latest(self, path: Path) -> dict[str, Any]:
+        """Load latest.pt into the method and optimisers; a damaged file raises naming it and the way out."""
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+            self.method.load_state_dict(state["method"])
+            for opt, opt_state in zip(self.optimizers, state["optimizers"], strict=True):
+                opt.load_state_dict(opt_state)
+            step, best_score, best_step = int(state["step"]), float(state["best_score"]), int(state["best_step"])
+            state["rng"]  # noqa: B018 - present in every full-state checkpoint
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # noqa: BLE001 - truncated, empty, garbage or another run's file
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else 'no detail'}"
+            raise CheckpointError(
+                f"checkpoint {path} is damaged ({reason}); rerun with {RESTART_FLAG} to move it aside and train "
+                "this run from scratch, or put back an intact copy"
+            ) from None
+        if not all_finite(self.method.state_dict()):
+            raise CheckpointError(
+                f"checkpoint {path} holds non-finite weights; rerun with {RESTART_FLAG} to move it aside and "
+                "train this run from scratch"
+            )
+        state.update(step=step, best_score=best_score, best_step=best_step)
+        return state
+
+    def _restart_from_scratch(self, path: Path) -> None:
+        """Move a damaged latest.pt aside and drop what the abandoned attempt wrote (``restart_damaged``)."""
+        aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(path, aside)
+        for name in ("best.pt", "last.pt"):
+            (self.ckpt_dir / name).unlink(missing_ok=True)
+        self.curves_path.unlink(missing_ok=True)
+        print(f"moved the damaged {path} to {aside.name}; training from scratch")
 
     def try_resume(self) -> None:
         """Continue from checkpoints/latest.pt when it exists (and trim curves written after it)."""
         path = self.ckpt_dir / "latest.pt"
+        if self.writer:
+            remove_partial_saves(self.ckpt_dir)
         if not path.exists():
             return
-        state = torch.load(path, map_location=self.device, weights_only=True)
-        self.method.load_state_dict(state["method"])
-        for opt, opt_state in zip(self.optimizers, state["optimizers"], strict=True):
-            opt.load_state_dict(opt_state)
+        try:
+            state = self._load_latest(path)
+        except CheckpointError:
+            if not self.restart_damaged:
+                raise
+            if self.writer:
+                self._restart_from_scratch(path)
+            return
+        self.kept["latest.pt"] = state["step"]
         rng = state["rng"]
         if self.dist is not None:
             ranks = state.get("rng_ranks") or []
@@ -357,10 +463,12 @@ class Trainer:
                 rows = self._flush(window)
                 window = []
                 progress.update(step + 1, rows[-1], last_val)
+            if (step + 1) % s.val_every == 0 or last:
+                self.require_finite(step)  # every rank (their weights agree), before anything is selected or saved
             if ((step + 1) % s.val_every == 0 or last) and self.writer:
                 last_val = self.validate()
                 score = self._selection_score(last_val)
-                if score > self.best_score:
+                if math.isfinite(score) and score > self.best_score:  # never select on a non-finite metric
                     self.best_score, self.best_step = score, step
                     self._save_weights("best.pt", step, score)
                 self._write_curves([{"step": step, "event": "val", **last_val}])
@@ -370,6 +478,7 @@ class Trainer:
         progress.close()
         seconds = time.perf_counter() - t0
         done = s.iterations - self.start_step
+        self.require_finite(s.iterations - 1)  # a resumed run that had nothing left to train comes here directly
         self._save_weights("last.pt", s.iterations - 1, self.best_score)
         self.save_latest(s.iterations - 1)
         per_step = s.labeled_batch + (s.unlabeled_batch if self.unl_stream is not None else 0)
@@ -418,8 +527,8 @@ class Trainer:
         if bad is not None:
             terms = ", ".join(f"{k}={v:.4g}" for k, v in bad.items() if k not in ("step", "lr"))
             raise NonFiniteLossError(
-                f"non-finite loss at step {bad['step']} ({terms}); the last good checkpoint is kept in "
-                f"{self.ckpt_dir}. Lower the learning rate (--set lr=...) or use --precision fp32."
+                f"non-finite loss at step {bad['step']} ({terms}); {self.kept_text()}. "
+                "Lower the learning rate (--set lr=...) or use --precision fp32."
             )
         return rows
 

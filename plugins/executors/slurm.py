@@ -71,8 +71,35 @@ class SlurmParams:
     poll_s: float = 10.0
 
     def __post_init__(self) -> None:
+        for name in ("partition", "time", "mem", "extra", "folder"):
+            refuse_control_characters(f"--slurm-{name}" if name != "folder" else "folder", getattr(self, name))
         parse_time(self.time)  # bad values fail before anything is submitted
         parse_extra(self.extra)
+
+
+def refuse_control_characters(option: str, value: Any) -> None:
+    """Values go into #SBATCH lines: a newline (or any control character) would end one and smuggle others in."""
+    text = "" if value is None else str(value)
+    bad = next((c for c in text if ord(c) < 32 or ord(c) == 127), None)
+    if bad is not None:
+        raise ExecutorError(f"{option} {text!r}: contains the control character {bad!r}; give the value on one line")
+
+
+def partition_gpus(partition: str | None) -> int | None:
+    """The most GPUs one node of ``partition`` (default: the default partition) has, from sinfo; None if unknown."""
+    cmd = ["sinfo", "-h", "-o", "%G"] + (["-p", partition] if partition else [])
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if not out.strip():
+        return None  # no such partition, or no nodes: let sbatch say so
+    most = 0
+    for gres in re.split(r"[\s,]+", out):  # e.g. "(null)", "gpu:4", "gpu:a100:8(S:0-1)"
+        match = re.match(r"gpu(?::[^:(]+)?:(\d+)", gres)
+        if match:
+            most = max(most, int(match.group(1)))
+    return most
 
 
 def parse_time(value: str) -> int:
@@ -236,7 +263,7 @@ class SlurmExecutor(Executor):
     def _submit(self, tasks: list[RunTask], request: Request, minutes: int, extra: dict[str, Any]) -> list[Any]:
         p = self.params
         folder = Path(p.folder) if p.folder else Path(request.out_dir) / ".slurm"
-        gpus = p.gpus_per_job if p.gpus_per_job is not None else (0 if request.device == "cpu" else request.gpus)
+        gpus = self._gpus_per_job(request)
         parameters: dict[str, Any] = {
             "job_name": "segbench",
             "time": minutes,
@@ -272,6 +299,32 @@ class SlurmExecutor(Executor):
             ) from None
         except (subprocess.SubprocessError, FailedJobError, FailedSubmissionError) as exc:
             raise ExecutorError(f"sbatch refused the job array: {str(exc).strip()}") from None
+
+    def _gpus_per_job(self, request: Request) -> int:
+        """GPUs to request: asked for only where the partition has them (sinfo), else fail before submitting."""
+        p = self.params
+        where = f"partition {p.partition}" if p.partition else "the default partition"
+        if p.gpus_per_job is not None:
+            wanted, asked = p.gpus_per_job, f"--slurm-gpus-per-job {p.gpus_per_job}"
+        elif request.device == "cpu":
+            return 0
+        else:
+            wanted, asked = (
+                request.gpus,
+                f"--device {request.device}" + (f" --gpus {request.gpus}" if request.gpus > 1 else ""),
+            )
+        if not wanted:
+            return 0
+        available = partition_gpus(p.partition)
+        if available is None or available >= wanted:
+            return wanted
+        if available == 0 and p.gpus_per_job is None and request.device == "auto" and request.gpus == 1:
+            request.log(f"{where} has no GPUs (sinfo): the runs train on CPUs there (--device cpu)")
+            return 0
+        raise ExecutorError(
+            f"{asked} needs {wanted} GPU(s) per job but {where} has {available} per node (sinfo); pass --device cpu "
+            "to train on CPUs, or --slurm-partition with a partition that has GPUs"
+        )
 
     def _wait(self, request: Request, report: Report) -> None:
         """Block until every submitted run has finished (its job left the queue); sort them into done / failed."""

@@ -37,13 +37,20 @@ def table(
     from rich.console import Console
 
     from harness.reporting.load import load
-    from harness.reporting.tables import FORMATS, build_tables, render, render_rich
+    from harness.reporting.tables import FORMATS, build_tables, data_versions, render, render_rich
     from harness.runs.store import atomic_write_text
 
     fmt = fmt or (SUFFIX_FORMATS.get(out.suffix.lower(), "rich") if out else "rich")
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
     frame = load(runs, checkpoint=checkpoint)
+    for name, found in data_versions(frame.drop_duplicates("run")).items():
+        typer.secho(
+            f"warning: dataset {name} changed between runs ({len(found)} fingerprints: {', '.join(found)}); "
+            "their results are shown in separate tables",
+            fg="yellow",
+            err=True,
+        )
     tables = build_tables(
         frame,
         metrics=[m.strip() for m in metrics.split(",") if m.strip()],

@@ -133,6 +133,12 @@ def run(
     tracker_set: list[str] = typer.Option(
         None, "--tracker-set", help="TRACKER.KEY=VALUE tracker option, e.g. mlflow.tracking_uri=http://host:5000."
     ),
+    retrain_changed: bool = typer.Option(
+        False, "--retrain-changed", help="Train runs again whose dataset or split changed since (else refused)."
+    ),
+    restart_damaged: bool = typer.Option(
+        False, "--restart-damaged", help="Move a damaged checkpoints/latest.pt aside and train that run from scratch."
+    ),
 ) -> None:
     """Train and evaluate every run of a grid; finished runs are skipped, interrupted ones resume."""
     fold, fold_flag = options.either(fold, "--fold", folds_alias, "--folds")
@@ -219,8 +225,9 @@ def run(
         console.print("--dry-run: stopping here")
         return
     request = Request(
-        runs, out, device, gpus, sync_bn, wait, show_progress=not quiet, log=console.print, trackers=trackers
-    )
+        runs, out, device, gpus, sync_bn, wait, show_progress=not quiet, log=console.print, trackers=trackers,
+        retrain_changed=retrain_changed, restart_damaged=restart_damaged,
+    )  # fmt: skip
     finish(runner.submit(request), out, console.print)
 
 
