@@ -208,7 +208,7 @@ def test_the_run_lock_and_bench_status_apply_one_stale_lock_rule(tmp_path, host,
         with pytest.raises(RunLockedError, match="being trained by pid"), run_lock(run_dir, heartbeat_s=None):
             pass
     else:
-        assert status.state == "failed" and "bench run resumes it" in status.detail
+        assert status.state == "interrupted" and "bench run resumes it" in status.detail
         with run_lock(run_dir, heartbeat_s=None):  # ... and bench run does take it over
             assert json.loads((run_dir / LOCK_FILE).read_text())["pid"] == os.getpid()
 
