@@ -6,51 +6,85 @@ component's ``PRESETS`` table under the same preset name.
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from typing import Any
 
 from harness.errors import UserError
 
-PRESETS: dict[str, dict[str, Any]] = {
+
+@dataclass(frozen=True)
+class Preset:
+    """What a run preset decides when the user leaves a setting out."""
+
+    name: str
+    image_size: int
+    iterations: int
+    val_every: int
+    checkpoint_every: int
+    ramp_horizon: str
+    #: folds trained when ``--folds`` is left out; None: every fold of the split
+    folds: tuple[int, ...] | None
+    #: synthetic images per fold; None: as many as the fold's training images
+    n_synthetic: int | str | None
+    precision: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready values (recorded in run.json)."""
+        values = dataclasses.asdict(self)
+        values["folds"] = list(self.folds) if self.folds is not None else None
+        return values
+
+
+PRESETS: dict[str, Preset] = {
     # The CPU demo: bench run --generator ldm --ssl mgcc in <= 10 minutes on 2 cores, LDM included.
-    "quick": {
-        "image_size": 64,
-        "iterations": 300,
-        "val_every": 50,
-        "checkpoint_every": 100,
-        "ramp_horizon": "scaled",
-        "folds": [0],
-        "n_synthetic": 128,
-        "precision": "fp32",
-    },
+    "quick": Preset(
+        name="quick",
+        image_size=64,
+        iterations=300,
+        val_every=50,
+        checkpoint_every=100,
+        ramp_horizon="scaled",
+        folds=(0,),
+        n_synthetic=128,
+        precision="fp32",
+    ),
     # Where an SSL gain can be measured on a CPU hour or a short GPU lease.
-    "medium": {
-        "image_size": 128,
-        "iterations": 2500,
-        "val_every": 250,
-        "checkpoint_every": 500,
-        "ramp_horizon": "scaled",
-        "folds": [0],
-        "n_synthetic": None,
-        "precision": "fp32",
-    },
+    "medium": Preset(
+        name="medium",
+        image_size=128,
+        iterations=2500,
+        val_every=250,
+        checkpoint_every=500,
+        ramp_horizon="scaled",
+        folds=(0,),
+        n_synthetic=None,
+        precision="fp32",
+    ),
     # The published default run: 256², published widths, T = 20,000, published ramp horizon.
-    "paper": {
-        "image_size": 256,
-        "iterations": 20000,
-        "val_every": 500,
-        "checkpoint_every": 1000,
-        "ramp_horizon": "published",
-        "folds": None,
-        "n_synthetic": None,
-        "precision": "bf16",
-    },
+    "paper": Preset(
+        name="paper",
+        image_size=256,
+        iterations=20000,
+        val_every=500,
+        checkpoint_every=1000,
+        ramp_horizon="published",
+        folds=None,
+        n_synthetic=None,
+        precision="bf16",
+    ),
 }
+
+
+def get_preset(name: str) -> Preset:
+    """The preset ``name``; raises naming the presets that exist."""
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}; use one of auto, {', '.join(PRESETS)}")
+    return PRESETS[name]
 
 
 def resolve_preset(name: str, cuda: bool) -> str:
     """``auto`` is ``paper`` on CUDA and ``quick`` on the CPU."""
     if name == "auto":
         return "paper" if cuda else "quick"
-    if name not in PRESETS:
-        raise UserError(f"unknown preset {name!r}; use one of auto, {', '.join(PRESETS)}")
-    return name
+    return get_preset(name).name

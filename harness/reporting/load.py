@@ -75,6 +75,8 @@ def run_record(run: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         images_per_second=train.get("images_per_second"),
         segbench_version=(run.get("versions") or {}).get("segbench"),
         metric_policy=json.dumps(run.get("metric_policy") or {}, sort_keys=True),
+        # the defaults the run was resolved against (tables label runs by what differs from them)
+        defaults=json.dumps(run["defaults"], sort_keys=True, default=str) if run.get("defaults") else None,
     )
     for block, prefix in PARAM_BLOCKS.items():
         params = config.get(block) or {}

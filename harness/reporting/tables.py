@@ -9,7 +9,6 @@ averaged together. :func:`build_tables` computes; the ``render_*`` functions onl
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import io
 import json
@@ -111,26 +110,39 @@ def _component_defaults(kind: str, name: str, preset: str) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=8)
 def _run_defaults(preset: str) -> dict[str, Any]:
-    defaults: dict[str, Any] = {}
     try:
-        from harness.runs.resolve import RunSpec
+        from harness.config.presets import get_preset
+        from harness.runs.resolve import setting_defaults
 
-        defaults = {f.name: f.default for f in dataclasses.fields(RunSpec) if f.default is not dataclasses.MISSING}
+        return setting_defaults(get_preset(preset))
     except Exception:  # the runner may be unimportable in a reading-only install
-        pass
-    try:
-        from harness.config.presets import PRESETS
+        return {}
 
-        chosen = PRESETS[preset]
-        defaults.update({k: chosen[k] for k in ("ramp_horizon", "n_synthetic") if k in chosen})
-        defaults["train_precision"] = chosen.get("precision")
-    except Exception:
-        pass
-    return defaults
+
+def recorded_defaults(run: pd.Series) -> dict[str, Any] | None:
+    """The defaults a run wrote to run.json (``defaults``) as flat columns; None for runs made before that."""
+    text = run.get("defaults")
+    if not isinstance(text, str) or not text:
+        return None
+    recorded = json.loads(text)
+    out = dict(recorded.get("run", {}))
+    for block, prefix in (
+        ("method_params", "method."),
+        ("backbone_params", "backbone."),
+        ("generator_params", "generator."),
+    ):
+        out.update({prefix + name: value for name, value in (recorded.get(block) or {}).items()})
+    return out
 
 
 def registry_defaults(run: pd.Series) -> dict[str, Any]:
-    """Default values of a run's settings and parameters (``method.<name>`` ...) for its preset."""
+    """Default values of a run's settings and parameters (``method.<name>`` ...) for its preset.
+
+    Read from the run's run.json; only runs made before it recorded them resolve them through the registry.
+    """
+    recorded = recorded_defaults(run)
+    if recorded is not None:
+        return recorded
     preset = str(run.get("preset"))
     out = dict(_run_defaults(preset))
     for kind, prefix, column in (

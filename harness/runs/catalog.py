@@ -58,7 +58,10 @@ def canonical_kind(kind: str) -> str:
 
 
 def _run_entry() -> dict[str, Any]:
-    presets = {name: {_RUN_PRESET_KEYS.get(k, k): v for k, v in values.items()} for name, values in PRESETS.items()}
+    presets = {
+        name: {_RUN_PRESET_KEYS.get(k, k): v for k, v in preset.as_dict().items() if k != "name"}
+        for name, preset in PRESETS.items()
+    }
     for values in presets.values():
         if values.get("fold", 0) is None:
             values["fold"] = "all"

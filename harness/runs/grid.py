@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.config.params import ConfigError, coerce_value, parse_overrides
-from harness.config.presets import PRESETS
+from harness.config.presets import get_preset
 from harness.plugins import Registry, get_registry
 from harness.runs.resolve import ResolvedRun, RunSpec, resolve
 
@@ -55,7 +55,7 @@ def expand(
     for axis in AXES:
         raw = axes.get(axis)
         if axis == "fold" and not raw:
-            preset_folds = PRESETS[spec0.preset]["folds"]
+            preset_folds = get_preset(spec0.preset).folds
             values[axis] = list(preset_folds) if preset_folds is not None else list(range(spec0.k))
             continue
         if axis == "fold" and [v.lower() for v in raw] == ["all"]:

@@ -152,6 +152,7 @@ def execute(
             "run_id": run.run_id,
             "status": "running",
             "config": cfg,
+            "defaults": run.defaults,
             "started": started,
             "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),

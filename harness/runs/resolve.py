@@ -1,7 +1,9 @@
 """Resolving a run: the user's RunSpec plus presets and overrides -> every setting, and the run id.
 
 The harness knows no component by name: the method, backbone, generator and dataset source all
-come from the plugin registry.
+come from the plugin registry. Every RunSpec field says where it lands in the run's configuration
+(``lands``): the config itself, its split block, the training settings (``config["train"]``) or the
+component parameters; the config, and so the run id, is derived from those declarations.
 """
 
 from __future__ import annotations
@@ -14,14 +16,25 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.api import resolve_params
+from harness.api import params_dict, resolve_params
 from harness.config.params import ConfigError, coerce_value
-from harness.config.presets import PRESETS
+from harness.config.presets import Preset, get_preset
 from harness.plugins import Registry, get_registry
 from harness.runs.checks import canonical, check_data, check_model, check_scopes, check_settings, check_split
 from harness.training.engine import TrainSettings
 
 Log = Callable[[str], None]
+
+#: where a RunSpec field lands: the config (hashed as is), its ``split`` block, the training settings, the params
+RUN, SPLIT, TRAIN, PARAMS = "run", "split", "train", "params"
+
+
+def setting(default: Any = None, lands: str = RUN, key: str | None = None, factory: Any = None) -> Any:
+    """A RunSpec field that declares where it lands (``key``: its name there, when it differs)."""
+    metadata = {"lands": lands, "key": key}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -29,83 +42,96 @@ class RunSpec:
     """What the user asked for one run; None means 'the preset's default'."""
 
     #: SSL method (bench params ssl lists them); bench run --ssl
-    ssl: str = "mgcc"
+    ssl: str = setting("mgcc")
     #: segmentation network; bench run --backbone
-    backbone: str = "cmunet"
+    backbone: str = setting("cmunet")
     #: generator of synthetic unlabeled images ('none': real images only); bench run --generator
-    generator: str = "none"
+    generator: str = setting("none")
     #: dataset folder or registered name with options, e.g. phantom:count=400 (None: the phantom)
-    data: str | None = None
+    data: str | None = setting(None)
     #: labeled fraction of the fold's training part (0.25 or 1/4); bench run --labeled
-    labeled: float = 0.25
+    labeled: float = setting(0.25)
     #: test fold; bench run --fold (all: every fold)
-    fold: int = 0
+    fold: int = setting(0)
     #: which labeled-subset draw of the split; bench run --draw
-    draw: int = 0
+    draw: int = setting(0)
     #: training seed; bench run --seed
-    seed: int = 0
+    seed: int = setting(0)
     #: quick, medium or paper: sizes, lengths and component presets
-    preset: str = "quick"
+    preset: str = setting("quick")
     #: square model input size (None: the preset's)
-    image_size: int | None = None
+    image_size: int | None = setting(None)
     #: training iterations T (None: the preset's)
-    iterations: int | None = None
+    iterations: int | None = setting(None, TRAIN)
     #: labeled images per batch
-    labeled_batch: int = 4
+    labeled_batch: int = setting(4, TRAIN)
     #: unlabeled images per batch (bench run --batch-size gives labeled + unlabeled)
-    unlabeled_batch: int = 4
+    unlabeled_batch: int = setting(4, TRAIN)
     #: 1 (grey) or 3 (grey replicated, as published)
-    in_channels: int = 1
+    in_channels: int = setting(1)
     #: squash (published) or pad (keeps aspect ratio); None: dataset.toml's, else squash
-    resize: str | None = None
+    resize: str | None = setting(None)
     #: only these strata, e.g. benign,malignant (None: all)
-    include_strata: list[str] | None = None
+    include_strata: list[str] | None = setting(None)
     #: zscore (per image) or published (the published code's scaling)
-    normalisation: str = "zscore"
+    normalisation: str = setting("zscore")
     #: bf16 or fp32 training (None: the preset's)
-    precision: str | None = None
+    precision: str | None = setting(None, TRAIN)
     #: channels_last memory layout (None: on)
-    channels_last: bool | None = None
+    channels_last: bool | None = setting(None, TRAIN)
     #: torch.compile the validation network
-    compile: bool = False
+    compile: bool = setting(False, TRAIN)
     #: iterations between validations (None: the preset's)
-    val_every: int | None = None
+    val_every: int | None = setting(None, TRAIN)
     #: iterations between resumable checkpoints (None: the preset's)
-    checkpoint_every: int | None = None
+    checkpoint_every: int | None = setting(None, TRAIN)
     #: horizon of the consistency ramp: scaled (to T) or published (None: the preset's)
-    ramp_horizon: str | None = None
+    ramp_horizon: str | None = setting(None, TRAIN)
     #: share of the ramp horizon over which the consistency weight rises
-    ramp_fraction: float = 1.0
+    ramp_fraction: float = setting(1.0, TRAIN)
     #: supervised loss: bce-dice or ssl4mis
-    loss: str = "bce-dice"
+    loss: str = setting("bce-dice", TRAIN)
     #: initial SGD learning rate (poly decay)
-    lr: float = 0.01
+    lr: float = setting(0.01, TRAIN)
     #: score test masks at native image size or at the model's input size
-    eval_resolution: str = "native"
+    eval_resolution: str = setting("native")
     #: also compute the published code's metrics
-    published_metrics: bool = False
+    published_metrics: bool = setting(False)
     #: unlabeled pool: real, synthetic or both
-    unlabeled: str = "both"
+    unlabeled: str = setting("both")
     #: synthetic images per fold: a count, "train" (as many as the fold's training images, the default)
     #: or "unlabeled" (as many as its real unlabeled images: count-matched pools)
-    n_synthetic: int | str | None = None
+    n_synthetic: int | str | None = setting(None)
     #: kfold or paper-like (3 x 70/30, selection on test)
-    protocol: str = "kfold"
+    protocol: str = setting("kfold", SPLIT)
     #: number of folds of the split made on the fly
-    k: int = 5
+    k: int = setting(5, SPLIT)
     #: share of each fold's training part held out for model selection
-    val_fraction: float = 0.1
+    val_fraction: float = setting(0.1, SPLIT)
     #: validation images from train (default) or labeled
-    val_from: str = "train"
+    val_from: str = setting("train", SPLIT)
     #: independent labeled-subset draws per fold in the split made on the fly
-    label_draws: int = 3
+    label_draws: int = setting(3, SPLIT)
     #: seed of the split made on the fly
-    split_seed: int = 0
+    split_seed: int = setting(0, SPLIT, key="seed")
     #: split JSON file (None: made on the fly)
-    split_file: str | None = None
+    split_file: str | None = setting(None, SPLIT, key="file")
     #: deterministic kernels (slower)
-    deterministic: bool = False
-    overrides: dict[str, dict[str, str]] = field(default_factory=dict)
+    deterministic: bool = setting(False)
+    overrides: dict[str, dict[str, str]] = setting(lands=PARAMS, factory=dict)
+
+
+SPEC_FIELDS = dataclasses.fields(RunSpec)
+_SETTINGS_FIELDS = {f.name for f in dataclasses.fields(TrainSettings)}
+#: RunSpec fields a preset fills when the user leaves them out (None)
+_PRESET_FIELDS = {f.name for f in dataclasses.fields(Preset)} & {f.name for f in SPEC_FIELDS}
+#: values of settings that neither the user nor the preset gave, where the run default differs from the engine's
+_RUN_DEFAULTS = {"channels_last": True}  # channels_last: measured faster on CPU and CUDA
+for _f in SPEC_FIELDS:  # a field that lands nowhere would silently stay out of the run id
+    if _f.metadata.get("lands") not in (RUN, SPLIT, TRAIN, PARAMS):
+        raise TypeError(f"RunSpec.{_f.name} does not declare where it lands (use setting(..., lands=...))")
+    if _f.metadata["lands"] == TRAIN and _f.name not in _SETTINGS_FIELDS:
+        raise TypeError(f"RunSpec.{_f.name} lands in the training settings, but TrainSettings has no such field")
 
 
 def _scope_overrides(spec: RunSpec, kind_scope: str, name: str) -> dict[str, str]:
@@ -117,7 +143,7 @@ def _scope_overrides(spec: RunSpec, kind_scope: str, name: str) -> dict[str, str
     return merged
 
 
-ENGINE_KEYS = {f.name for f in dataclasses.fields(RunSpec)} - {"overrides"}
+ENGINE_KEYS = {f.name for f in SPEC_FIELDS} - {"overrides"}
 
 
 def apply_engine_overrides(spec: RunSpec) -> RunSpec:
@@ -136,10 +162,13 @@ def apply_engine_overrides(spec: RunSpec) -> RunSpec:
 
 @dataclass
 class ResolvedRun:
-    """The fully resolved configuration of one run and the components it uses."""
+    """The fully resolved configuration of one run and the components it uses.
+
+    Resolved once (by ``bench run``), then handed as it is to executors, DDP ranks and the lifecycle.
+    """
 
     spec: RunSpec
-    preset: dict[str, Any]
+    preset: Preset
     settings: TrainSettings
     backbone_params: Any
     method_params: Any
@@ -148,6 +177,8 @@ class ResolvedRun:
     n_synthetic: int | str | None
     config: dict[str, Any]
     run_id: str
+    #: default values of every setting and parameter for this run's preset and components (run.json ``defaults``)
+    defaults: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -155,11 +186,57 @@ class ResolvedRun:
         return f"{c['ssl']}_{c['generator']}_{c['backbone']}_l{c['labeled']:g}_f{c['fold']}_{self.run_id}"
 
 
+def _or_preset(spec: RunSpec, preset: Preset, name: str) -> Any:
+    """The user's value of ``name``, else the preset's, else the run default (None when there is none)."""
+    value = getattr(spec, name)
+    if value is None and name in _PRESET_FIELDS:
+        value = getattr(preset, name)
+    return _RUN_DEFAULTS.get(name) if value is None else value
+
+
+def train_settings(spec: RunSpec, preset: Preset) -> TrainSettings:
+    """The engine's settings: every RunSpec field TrainSettings has, with the preset's values for those left out."""
+    values = {f.name: _or_preset(spec, preset, f.name) for f in SPEC_FIELDS if f.name in _SETTINGS_FIELDS}
+    return TrainSettings(**{name: value for name, value in values.items() if value is not None})
+
+
+def run_config(spec: RunSpec, settings: TrainSettings, params: dict[str, Any], derived: dict[str, Any]) -> dict:
+    """The run's configuration (what its id hashes): every RunSpec field where it declares it lands.
+
+    ``derived`` replaces the values that resolution decided (the image size a preset gave, the
+    generator a method that uses no unlabeled data drops); ``params`` holds the component parameters.
+    """
+    config: dict[str, Any] = {}
+    split: dict[str, Any] = {}
+    for f in SPEC_FIELDS:
+        value = derived[f.name] if f.name in derived else getattr(spec, f.name)
+        if f.metadata["lands"] == RUN:
+            config[f.name] = value
+        elif f.metadata["lands"] == SPLIT:
+            split[f.metadata["key"] or f.name] = value
+    config["split"] = split
+    config["train"] = dataclasses.asdict(settings)
+    config.update(params)
+    return config
+
+
+def run_id_of(config: dict[str, Any]) -> str:
+    """The run id: the first 10 hex digits of the SHA-256 of the config's canonical JSON."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def setting_defaults(preset: Preset) -> dict[str, Any]:
+    """Default values of the run settings a table compares runs on, for ``preset``."""
+    defaults = {f.name: f.default for f in SPEC_FIELDS if f.default is not dataclasses.MISSING}
+    defaults.update(ramp_horizon=preset.ramp_horizon, n_synthetic=preset.n_synthetic, train_precision=preset.precision)
+    return defaults
+
+
 def resolve(spec: RunSpec, registry: Registry | None = None) -> ResolvedRun:
     """Resolve presets and overrides into every setting the run will use (validated up front)."""
     registry = registry or get_registry()
     spec = apply_engine_overrides(spec)
-    preset = PRESETS[spec.preset]
+    preset = get_preset(spec.preset)
     method_cls = registry.get("ssl_method", spec.ssl)
     backbone_cls = registry.get("backbone", spec.backbone)
     generator_cls = registry.get("generator", spec.generator)
@@ -179,22 +256,8 @@ def resolve(spec: RunSpec, registry: Registry | None = None) -> ResolvedRun:
         raise ConfigError(f"--eval-resolution {spec.eval_resolution!r}: use native or model")
     if spec.labeled_batch < 1 or spec.unlabeled_batch < 1:
         raise ConfigError("--labeled-batch-size and the unlabeled batch must both be at least 1")
-    image_size = spec.image_size if spec.image_size is not None else preset["image_size"]
-    settings = TrainSettings(
-        iterations=spec.iterations if spec.iterations is not None else preset["iterations"],
-        labeled_batch=spec.labeled_batch,
-        unlabeled_batch=spec.unlabeled_batch,
-        lr=spec.lr,
-        ramp_horizon=spec.ramp_horizon or preset["ramp_horizon"],
-        ramp_fraction=spec.ramp_fraction,
-        precision=spec.precision or preset["precision"],
-        channels_last=True if spec.channels_last is None else spec.channels_last,  # measured faster on CPU and CUDA
-        compile=spec.compile,
-        val_every=spec.val_every if spec.val_every is not None else preset["val_every"],
-        checkpoint_every=spec.checkpoint_every if spec.checkpoint_every is not None else preset["checkpoint_every"],
-        seed=spec.seed,
-        loss=spec.loss,
-    )
+    image_size = _or_preset(spec, preset, "image_size")
+    settings = train_settings(spec, preset)
     if settings.precision not in ("bf16", "fp32"):
         raise ConfigError(f"--precision {settings.precision!r}: use bf16 or fp32")
     if settings.ramp_horizon not in ("published", "scaled"):
@@ -208,52 +271,36 @@ def resolve(spec: RunSpec, registry: Registry | None = None) -> ResolvedRun:
     generator_params = resolve_params(
         generator_cls, spec.preset, _scope_overrides(spec, "generator", spec.generator), f"generator {spec.generator}"
     )
-    n_synthetic = spec.n_synthetic if spec.n_synthetic is not None else preset["n_synthetic"]
+    n_synthetic = _or_preset(spec, preset, "n_synthetic")
     if isinstance(n_synthetic, str) and n_synthetic not in ("train", "unlabeled"):
         raise ConfigError(f"--n-synthetic {n_synthetic!r}: give a count, 'train' or 'unlabeled'")
     if isinstance(n_synthetic, int) and n_synthetic < 0:
         raise ConfigError(f"--n-synthetic {n_synthetic}: give a count >= 0, 'train' or 'unlabeled'")
     check_model(spec, image_size, method_cls, backbone_cls, backbone_params, method_params)
     uses_generator = method_cls.uses_unlabeled and generator_cls.produces_images and spec.unlabeled != "real"
-    config = {
-        "ssl": spec.ssl,
-        "backbone": spec.backbone,
-        "generator": spec.generator if uses_generator else "none",
+    generator = spec.generator if uses_generator else "none"
+    derived = {
+        "generator": generator,
         "data": spec.data or "phantom",
-        "labeled": spec.labeled,
-        "fold": spec.fold,
-        "draw": spec.draw,
-        "seed": spec.seed,
-        "preset": spec.preset,
         "image_size": image_size,
-        "in_channels": spec.in_channels,
-        "resize": spec.resize,
-        "include_strata": spec.include_strata,
-        "normalisation": spec.normalisation,
         "unlabeled": spec.unlabeled if method_cls.uses_unlabeled else "none",
         "n_synthetic": (n_synthetic or "train") if uses_generator else 0,
-        "eval_resolution": spec.eval_resolution,
-        "published_metrics": spec.published_metrics,
-        "split": {
-            "file": spec.split_file,
-            "protocol": spec.protocol,
-            "k": spec.k,
-            "val_fraction": spec.val_fraction,
-            "val_from": spec.val_from,
-            "label_draws": spec.label_draws,
-            "seed": spec.split_seed,
-        },
-        "train": dataclasses.asdict(settings),
-        "deterministic": spec.deterministic,
-        "backbone_params": dataclasses.asdict(backbone_params) if dataclasses.is_dataclass(backbone_params) else {},
-        "method_params": dataclasses.asdict(method_params) if dataclasses.is_dataclass(method_params) else {},
-        "generator_params": (
-            dataclasses.asdict(generator_params)
-            if uses_generator and dataclasses.is_dataclass(generator_params)
-            else {}
+    }
+    params = {
+        "backbone_params": params_dict(backbone_params),
+        "method_params": params_dict(method_params),
+        "generator_params": params_dict(generator_params) if uses_generator else {},
+    }
+    config = run_config(spec, settings, params, derived)
+    defaults = {
+        "preset": preset.as_dict(),
+        "run": setting_defaults(preset),
+        "method_params": params_dict(resolve_params(method_cls, spec.preset, {}, f"method {spec.ssl}")),
+        "backbone_params": params_dict(resolve_params(backbone_cls, spec.preset, {}, f"backbone {spec.backbone}")),
+        "generator_params": params_dict(
+            resolve_params(registry.get("generator", generator), spec.preset, {}, f"generator {generator}")
         ),
     }
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return ResolvedRun(
         spec=spec,
         preset=preset,
@@ -264,5 +311,6 @@ def resolve(spec: RunSpec, registry: Registry | None = None) -> ResolvedRun:
         image_size=image_size,
         n_synthetic=n_synthetic,
         config=config,
-        run_id=digest,
+        run_id=run_id_of(config),
+        defaults=defaults,
     )

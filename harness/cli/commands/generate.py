@@ -19,7 +19,7 @@ from rich.table import Table
 from harness.api import params_dict, resolve_params
 from harness.cli import options
 from harness.config.params import ConfigError, parse_overrides
-from harness.config.presets import PRESETS, resolve_preset
+from harness.config.presets import get_preset, resolve_preset
 from harness.data.datasets import atomic_write_bytes, load_dataset
 from harness.data.splits import fold_parts, load_split, make_split
 from harness.errors import UserError
@@ -149,7 +149,7 @@ def generate(
     console = Console()
     dev = resolve_device(device)
     preset = resolve_preset(preset, dev.type == "cuda")
-    size = image_size or PRESETS[preset]["image_size"]
+    size = image_size or get_preset(preset).image_size
     registry = get_registry()
     generator_cls = registry.get("generator", generator)
     if not getattr(generator_cls, "produces_images", True):
