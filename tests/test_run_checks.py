@@ -5,12 +5,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from harness.cli.app import main
@@ -122,3 +124,19 @@ def test_mask_folders_other_than_0_are_refused(tmp_path, monkeypatch, capsys):
     assert code == 1 and "has masks/1/: only masks/0/" in err
     ok = _write_folder(tmp_path / "single", ("0",))
     assert resolve(RunSpec(data=str(ok))).config["data"] == str(ok)
+
+
+def test_a_weights_file_is_checked_before_any_work(tmp_path):
+    from harness.plugins import get_registry
+
+    smp = get_registry().get("backbone", "smp")
+    from harness.api import resolve_params
+
+    backbone = smp(3, 1, resolve_params(smp, "quick", {}, "backbone smp"))
+    weights = tmp_path / "encoder.pt"
+    torch.save(backbone.encoder.state_dict(), weights)
+    spec = RunSpec(ssl="supervised", backbone="smp", in_channels=3, overrides={"smp": {"weights": str(weights)}})
+    assert resolve(spec).config["backbone_params"]["weights"] == str(weights)
+    missing = dataclasses.replace(spec, overrides={"smp": {"weights": str(tmp_path / "nope.pt")}})
+    with pytest.raises(ConfigError, match="nope.pt does not exist"):
+        resolve(missing)

@@ -7,6 +7,7 @@ the same mistakes before any work starts, each with one line naming the value an
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +132,8 @@ def _dry_build(run_key: str, method_cls: type, backbone_cls: type, spec: Any, ba
     if run_key in _BUILT:
         return _BUILT[run_key]
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. loading a weights file into meta tensors is a no-op, said per key
             backbone = backbone_cls(spec.in_channels, 1, backbone_params)
             build_method(method_cls, backbone_cls, spec.in_channels, backbone_params, method_params)
         result: tuple[int, str | None] = (int(getattr(backbone, "divisor", 1)), None)
