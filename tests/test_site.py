@@ -20,7 +20,7 @@ from test_report import make_store
 
 from harness.reporting.load import load
 from harness.reporting.site import SiteError, build_site, html_tables, site_size
-from harness.reporting.tables import build_tables, cell_text, gain_text
+from harness.reporting.tables import ReportError, build_tables, cell_text, gain_text
 
 # --------------------------------------------------------------------------- the site, without a browser
 
@@ -96,6 +96,14 @@ def test_site_refuses_a_folder_that_is_not_a_report_and_replaces_an_old_report(f
     build_site(fake_store, site, figures=False, significance=False, log=lambda _m: None)
     assert not (site / "stale.txt").exists() and (site / "index.html").exists()
     assert not list(tmp_path.glob(".site.*"))  # no temporary folder left behind
+
+
+def test_site_without_a_reference_row_has_no_tests_unless_asked(tmp_path: Path) -> None:
+    store = make_store(tmp_path / "runs", ("mgcc+ldm/cmunet",))
+    index = build_site(store, tmp_path / "site", figures=False, log=lambda _m: None)
+    assert "Wilcoxon" not in index.read_text() and "mgcc + ldm / cmunet" in index.read_text()
+    with pytest.raises(ReportError, match="--significance needs a reference row"):
+        build_site(store, tmp_path / "site", figures=False, significance=True, log=lambda _m: None)
 
 
 # --------------------------------------------------------------------------- in a real headless browser

@@ -37,6 +37,7 @@ from harness.reporting.plots import (
 from harness.reporting.tables import (
     DEFAULT_METRICS,
     METRIC_TITLES,
+    ReportError,
     ResultTable,
     build_tables,
     fraction_text,
@@ -345,7 +346,7 @@ def build_site(
     metrics: Sequence[str] = DEFAULT_METRICS,
     checkpoint: str = "best",
     compare: str | None = None,
-    significance: bool = True,
+    significance: bool | None = None,
     images: int = 4,
     figures: bool = True,
     device: str = "cpu",
@@ -354,14 +355,19 @@ def build_site(
     """Write the report of the results under ``runs`` into ``out``; returns ``out/index.html``.
 
     ``metrics``, ``checkpoint``, ``compare`` and ``significance`` are ``bench table``'s options and
-    give the same tables; ``images`` is the number of test images per qualitative grid (0: none);
-    ``figures=False`` leaves every figure out (a quick tables-and-numbers report).
+    give the same tables (``significance=None``: tested wherever a table has a reference row);
+    ``images`` is the number of test images per qualitative grid (0: none); ``figures=False`` leaves
+    every figure out (a quick tables-and-numbers report).
     """
     root, out = Path(runs), Path(out)
     frame_all = load(root)
-    tables = build_tables(
-        frame_all, metrics=list(metrics), checkpoint=checkpoint, compare=compare, significance=significance
-    )
+    options = {"metrics": list(metrics), "checkpoint": checkpoint, "compare": compare}
+    try:
+        tables = build_tables(frame_all, significance=significance is not False, **options)
+    except ReportError:
+        if significance is not None:
+            raise
+        tables = build_tables(frame_all, significance=False, **options)  # no reference row: no tests to show
     tmp = _prepare_out(out)
     try:
         figures_dir = tmp / "figures"

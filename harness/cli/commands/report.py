@@ -101,7 +101,9 @@ def report(
     checkpoint: str = options.checkpoint_option(),
     compare: str = typer.Option(None, "--compare", help="Reference of the gains, as for bench table."),
     significance: bool = typer.Option(
-        True, "--significance/--no-significance", help="Wilcoxon tests against the reference (as bench table)."
+        None,
+        "--significance/--no-significance",
+        help="Wilcoxon tests against the reference, as bench table --significance (default: when there is one).",
     ),
     images: int = typer.Option(4, "--images", help="Test images per qualitative grid (0: none)."),
     figures: bool = typer.Option(True, "--figures/--no-figures", help="Draw the figures (off: tables and numbers)."),
