@@ -360,7 +360,7 @@ def build_site(
     every figure out (a quick tables-and-numbers report).
     """
     root, out = Path(runs), Path(out)
-    frame_all = load(root)
+    frame_all = load(root, checkpoint=checkpoint)
     options = {"metrics": list(metrics), "checkpoint": checkpoint, "compare": compare}
     try:
         tables = build_tables(frame_all, significance=significance is not False, **options)
