@@ -108,3 +108,25 @@ def test_fid_reads_a_local_inception_weights_file(tmp_path):
     value = fid(held[:6], train[:6], weights, torch.device("cpu"))
     assert np.isfinite(value) and value > 0
     assert fid(train[:6], train[:6], weights, torch.device("cpu")) == pytest.approx(0.0, abs=1e-3)
+
+
+def test_nearest_pairs_figure_is_a_readable_grid_with_similarities(tmp_path):
+    from PIL import Image
+
+    from harness.reporting.nearest import nearest_pairs_figure, write_nearest_pairs
+
+    train, held, _ = sets()
+    samples = torch.cat([train[:3], uniform_noise(5, 64, 1)])
+    report = memorisation(samples, train, held, quantile=0.99)
+    ids = [f"img{i:03d}" for i in range(len(train))]
+    kwargs = dict(samples=samples, train_images=train, similarity=report.similarity, nearest=report.nearest,
+                  train_ids=ids, threshold=report.threshold)  # fmt: skip
+    fig = nearest_pairs_figure(**kwargs, n=8)
+    titles = [ax.get_title(loc="left") for ax in fig.axes if ax.get_title(loc="left")]
+    assert len(titles) == 8 and titles[0] == f"similarity {float(report.similarity.max()):.3f} — near-copy"
+    assert sum("near-copy" in t for t in titles) == 3  # the three training images fed back
+    labels = {ax.get_xlabel() for ax in fig.axes}
+    assert {"train img000", "train img001", "train img002", "sample 0"} <= labels
+    (png, _) = write_nearest_pairs(tmp_path, **kwargs, n=8)
+    width, height = Image.open(png).size
+    assert width >= 1500 and height >= 500  # 2 rows of 4 pairs, each image ~200 px: readable, not a 166 px strip

@@ -26,6 +26,7 @@ from harness.errors import UserError
 from harness.generation.memorisation import fid, fidelity_report, memorisation
 from harness.generation.pool import default_pool_size, synthetic_pool
 from harness.plugins import get_registry
+from harness.reporting.nearest import write_nearest_pairs
 from harness.runs.store import atomic_write_json
 from harness.training.device import resolve_device
 
@@ -209,11 +210,10 @@ def generate(
         (f"synthetic ({generator}, first {min(shown, count)})", tile(samples[:shown], GRID_COLUMNS)),
         ("real training images (random)", tile(train_images[real_pick], GRID_COLUMNS)),
     ], scale))  # fmt: skip
-    top = torch.argsort(mem.similarity, descending=True)[:GRID_COLUMNS]
-    write_png(out / "nearest.png", side_by_side([
-        ("most similar samples", tile(samples[top], GRID_COLUMNS)),
-        ("their nearest training images", tile(train_images[mem.nearest[top]], GRID_COLUMNS)),
-    ], scale))  # fmt: skip
+    write_nearest_pairs(
+        out, samples=samples, train_images=train_images, similarity=mem.similarity, nearest=mem.nearest,
+        train_ids=train_ids, threshold=mem.threshold, n=GRID_COLUMNS,
+    )  # fmt: skip
 
     mem_dict = mem.as_dict()
     mem_dict["nearest_training_id"] = [train_ids[int(i)] for i in mem.nearest]
