@@ -174,3 +174,48 @@ def test_qualitative_grid_from_trained_runs(tmp_path: Path) -> None:
         assert all(m.shape == sample.truth.shape == sample.image.shape for m in sample.predictions.values())
     (table,) = build_tables(load(runs_dir))
     assert set(table.rows) == {"supervised / unet", "mean-teacher / unet"}
+
+
+def _curves(runs_per_method: int, val_points: int, dice: float) -> pd.DataFrame:
+    rows = []
+    for method in ("a", "b"):
+        for r in range(runs_per_method):
+            run = f"{method}{r}"
+            rows += [{"run": run, "label": method, "labeled": 0.25, "step": s, "kind": "loss", "value": 1 / (s + 1)}
+                     for s in range(0, 100, 10)]  # fmt: skip
+            rows += [{"run": run, "label": method, "labeled": 0.25, "step": 99 + 100 * v, "kind": "val Dice",
+                      "value": dice + 0.04 * (r - 0.5)} for v in range(val_points)]  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_learning_curves_show_a_single_validation_and_clip_the_band_to_the_metric() -> None:
+    from harness.reporting.plots import learning_curves
+
+    once = learning_curves(_curves(1, 1, 0.5))
+    val_ax = once.axes[1]
+    points = [line for line in val_ax.get_lines() if len(line.get_xdata()) == 1]
+    assert len(points) == 2 and all(line.get_marker() == "o" for line in points)  # visible, not an empty panel
+    assert once.axes[0].get_legend().get_title().get_text() == ""  # one run each: no band, none mentioned
+    assert not val_ax.collections
+
+    near_zero = learning_curves(_curves(2, 3, 0.01))  # mean 0.01, std 0.028: the raw band would reach -0.018
+    bands = [c for c in near_zero.axes[1].collections]
+    assert bands and min(path.vertices[:, 1].min() for c in bands for path in c.get_paths()) >= 0.0
+    assert near_zero.axes[0].get_legend().get_title().get_text() == "mean over runs, band: ± std"
+
+
+def test_dice_vs_fraction_with_one_fraction_is_a_dot_plot_per_method(frame: pd.DataFrame) -> None:
+    from harness.reporting.plots import dice_vs_fraction
+
+    one = frame[frame["labeled"] == 0.25]
+    fig = dice_vs_fraction(one)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert len(labels) == one["label"].nunique() and all(labels) and ax.get_legend() is None
+    assert "25% labeled" in ax.get_title() and "mean ± std over runs" in ax.get_title()
+    single = one[one["fold"] == one["fold"].min()]
+    assert "one run per method" in dice_vs_fraction(single).axes[0].get_title()
+    several = dice_vs_fraction(frame).axes[0]
+    assert several.get_legend().get_title().get_text() == "mean ± std over runs; dots: runs"
+    for line in several.get_lines():
+        assert (np.asarray(line.get_ydata(), float) >= 0).all() and (np.asarray(line.get_ydata(), float) <= 1).all()

@@ -132,10 +132,18 @@ def dice_box(frame: pd.DataFrame, colours: dict[str, Any] | None = None) -> Figu
     return fig
 
 
+def clipped_band(mean: np.ndarray, std: np.ndarray, low: float, high: float) -> tuple[np.ndarray, np.ndarray]:
+    """mean ± std clipped to the metric's range [low, high] (Dice cannot go below 0 or above 1)."""
+    std = np.nan_to_num(np.asarray(std, float))
+    return np.clip(mean - std, low, high), np.clip(mean + std, low, high)
+
+
 def dice_vs_fraction(frame: pd.DataFrame, colours: dict[str, Any] | None = None) -> Figure:
     """Mean Dice per run against the labeled fraction: mean ± std over runs per method, every run as a dot.
 
-    Methods are nudged sideways a little so that their error bars do not hide each other.
+    Methods are nudged sideways a little so that their error bars do not hide each other. With a
+    single labeled fraction there is no trend to show: methods go on the x axis instead (a dot plot).
+    Error bars are clipped to [0, 1]; with one run per method there are none, and the legend says so.
     """
     means = run_means(frame, "dice").rename("dice").reset_index()
     runs = frame.drop_duplicates("run").set_index("run")
@@ -144,6 +152,11 @@ def dice_vs_fraction(frame: pd.DataFrame, colours: dict[str, Any] | None = None)
         raise PlotError("no test image with a lesion: Dice vs labeled fraction needs some")
     order = [label for label in _order(frame) if label in set(means["label"])]
     colours = colours or palette(order)
+    fractions = sorted(means["labeled"].unique())
+    several_runs = bool((means.groupby(["label", "labeled"]).size() > 1).any())
+    spread_text = "mean ± std over runs; dots: runs" if several_runs else "one run per method and fraction"
+    if len(fractions) == 1:
+        return _dice_dot_plot(means, order, colours, fractions[0], spread_text)
     fig = new_figure(7.5, 4.2)
     ax = fig.subplots()
     spread = np.linspace(-0.12, 0.12, len(order)) if len(order) > 1 else np.zeros(1)
@@ -151,15 +164,40 @@ def dice_vs_fraction(frame: pd.DataFrame, colours: dict[str, Any] | None = None)
         part = means[means["label"] == label]
         stats = part.groupby("labeled")["dice"].agg(["mean", "std"]).reset_index()
         x = stats["labeled"] * 2.0**nudge
-        ax.errorbar(x, stats["mean"], yerr=stats["std"].fillna(0), color=colours[label], marker="o", markersize=5,
-                    capsize=3, linewidth=1.5, label=label)  # fmt: skip
-        ax.scatter(part["labeled"] * 2.0**nudge, part["dice"], color=colours[label], s=10, alpha=0.4, linewidths=0)
-    _fraction_axis(ax, sorted(means["labeled"].unique()))
+        low, high = clipped_band(stats["mean"].to_numpy(), stats["std"].to_numpy(), 0.0, 1.0)
+        yerr = np.vstack([stats["mean"] - low, high - stats["mean"]])
+        ax.errorbar(x, stats["mean"], yerr=yerr, color=colours[label], marker="o", markersize=5, capsize=3,
+                    linewidth=1.5, label=label)  # fmt: skip
+        if several_runs:
+            ax.scatter(part["labeled"] * 2.0**nudge, part["dice"], color=colours[label], s=10, alpha=0.4, linewidths=0)
+    _fraction_axis(ax, fractions)
     ax.set_xlabel("labeled fraction of the training images")
     ax.set_ylabel("mean Dice over lesion images (per run)")
     ax.grid(alpha=0.3)
-    ax.legend(title="mean ± std over runs; dots: runs", loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8,
-              frameon=False)  # fmt: skip
+    ax.legend(title=spread_text, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+    return fig
+
+
+def _dice_dot_plot(
+    means: pd.DataFrame, order: list[str], colours: dict[str, Any], fraction: float, spread_text: str
+) -> Figure:
+    """One labeled fraction: each method's mean Dice (± std, clipped to [0, 1]) and its runs, methods on the x axis."""
+    fig = new_figure(1.1 * len(order) + 2.5, 4.2)
+    ax = fig.subplots()
+    for x, label in enumerate(order):
+        values = means.loc[means["label"] == label, "dice"].to_numpy(float)
+        mean, std = values.mean(), values.std(ddof=1) if len(values) > 1 else 0.0
+        low, high = clipped_band(np.array([mean]), np.array([std]), 0.0, 1.0)
+        ax.errorbar([x], [mean], yerr=[[mean - low[0]], [high[0] - mean]], color=colours[label], marker="o",
+                    markersize=7, capsize=4, linewidth=1.5)  # fmt: skip
+        if len(values) > 1:
+            jitter = np.linspace(-0.12, 0.12, len(values))
+            ax.scatter(x + jitter, values, color=colours[label], s=12, alpha=0.45, linewidths=0)
+    ax.set_xticks(range(len(order)), [_wrap(label, 16) for label in order], fontsize=8)
+    ax.set_xlim(-0.6, len(order) - 0.4)
+    ax.set_ylabel("mean Dice over lesion images (per run)")
+    ax.set_title(f"{fraction_text(fraction)} labeled ({spread_text})", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
     return fig
 
 
@@ -206,10 +244,19 @@ def load_curves(frame: pd.DataFrame, points: int = 200) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)
 
 
+#: the range a curve's values can take: bands are clipped to it
+CURVE_RANGE = {"loss": (0.0, math.inf), "val Dice": (0.0, 1.0)}
+
+
 def learning_curves(
     curves: pd.DataFrame, colours: dict[str, Any] | None = None, order: list[str] | None = None
 ) -> Figure:
-    """Loss (top) and validation Dice (bottom) against the step, one column per labeled fraction."""
+    """Loss (top) and validation Dice (bottom) against the step, one column per labeled fraction.
+
+    Each method's line is the mean over its runs; a band of ± std (clipped to the value's range)
+    appears where it has several runs, and the legend mentions the band only then. Validation
+    points carry markers, so a run validated once still shows its point.
+    """
     if curves.empty:
         raise PlotError("no curves.jsonl with training or validation rows in these runs")
     order = order or sorted(curves["label"].unique())
@@ -218,27 +265,39 @@ def learning_curves(
     kinds = [k for k in ("loss", "val Dice") if k in set(curves["kind"])]
     fig = new_figure(3.6 * len(fractions) + 2.6, 2.8 * len(kinds))
     axes = fig.subplots(len(kinds), len(fractions), squeeze=False, sharex="col")
+    banded = False
     for i, kind in enumerate(kinds):
         for j, fraction in enumerate(fractions):
             ax = axes[i][j]
             part = curves[(curves["kind"] == kind) & (curves["labeled"] == fraction)]
-            present = [label for label in order if label in set(part["label"])]
-            if not part.empty:
-                sns.lineplot(
-                    data=part, x="step", y="value", hue="label", hue_order=present, palette=colours, errorbar="sd",
-                    ax=ax, legend=(i == 0 and j == len(fractions) - 1), linewidth=1.2,
-                )  # fmt: skip
+            for label in [label for label in order if label in set(part["label"])]:
+                stats = part[part["label"] == label].groupby("step")["value"].agg(["mean", "std", "count"])
+                marker = "o" if kind == "val Dice" else None
+                ax.plot(stats.index, stats["mean"], color=colours[label], linewidth=1.2, marker=marker, markersize=3.5,
+                        label=label)  # fmt: skip
+                if (stats["count"] > 1).any():
+                    low, high = clipped_band(stats["mean"].to_numpy(), stats["std"].to_numpy(), *CURVE_RANGE[kind])
+                    ax.fill_between(stats.index, low, high, color=colours[label], alpha=0.2, linewidth=0)
+                    banded = True
             positive = not part.empty and (part["value"] > 0).all()
             if kind == "loss" and positive and part["value"].max() > 10 * part["value"].min():
                 ax.set_yscale("log")
+            if kind == "val Dice":
+                ax.set_ylim(-0.02, 1.02)
             ax.set_title(f"{kind}, {fraction_text(fraction)} labeled", fontsize=10)
             ax.set_ylabel("training loss (moving avg.)" if kind == "loss" else "val Dice (lesion images)")
             ax.set_xlabel("iteration")
             ax.grid(alpha=0.3)
-    legend = axes[0][-1].get_legend()
-    if legend is not None:
-        axes[0][-1].legend(title="band: ± std over runs", loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8,
-                           frameon=False)  # fmt: skip
+    handles = {}
+    for ax in np.ravel(axes):
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    if handles:
+        axes[0][-1].legend(
+            [handles[label] for label in order if label in handles], [label for label in order if label in handles],
+            title="mean over runs, band: ± std" if banded else None, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+            fontsize=8, frameon=False,
+        )  # fmt: skip
     return fig
 
 
