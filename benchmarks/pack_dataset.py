@@ -38,7 +38,9 @@ def pack(source: Path, dest: Path, max_side: int, quality: int) -> int:
             grey.save(tmp / "images" / (image_path.stem + ".jpg"), quality=quality)
         mask_path = next((source / "masks" / "0").glob(image_path.stem + ".*"))
         with Image.open(mask_path) as mask:
-            mask.convert("L").resize(size, Image.Resampling.NEAREST).save(tmp / "masks" / "0" / (image_path.stem + ".png"))
+            mask.convert("L").resize(size, Image.Resampling.NEAREST).save(
+                tmp / "masks" / "0" / (image_path.stem + ".png")
+            )
     for extra in ("groups.csv", "dataset.toml"):
         if (source / extra).exists():
             shutil.copy2(source / extra, tmp / extra)

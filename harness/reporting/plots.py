@@ -201,6 +201,54 @@ def _dice_dot_plot(
     return fig
 
 
+def dice_vs_iterations(frame: pd.DataFrame, colours: dict[str, Any] | None = None) -> Figure:
+    """Mean test Dice per run against its training budget T, one line per method and labeled fraction.
+
+    Each budget is its own run (its schedule ends at its own T), so this is the curve that tells when
+    a longer run stops paying off, not a learning curve of one run.
+    """
+    if frame["iterations"].nunique() < 2:
+        raise PlotError("all runs have one budget (iterations): Dice vs iterations needs at least two")
+    means = run_means(frame, "dice").rename("dice").reset_index()
+    runs = frame.drop_duplicates("run").set_index("run")
+    means = means.assign(
+        label=means["run"].map(runs["label"]),
+        labeled=means["run"].map(runs["labeled"]),
+        iterations=means["run"].map(runs["iterations"]),
+    )
+    if means.empty:
+        raise PlotError("no test image with a lesion: Dice vs iterations needs some")
+    order = [label for label in _order(frame) if label in set(means["label"])]
+    colours = colours or palette(order)
+    fractions = sorted(means["labeled"].unique())
+    styles = dict(zip(fractions, ("-", "--", ":", "-."), strict=False))
+    fig = new_figure(7.5, 4.2)
+    ax = fig.subplots()
+    for label in order:
+        for fraction in fractions:
+            part = means[(means["label"] == label) & (means["labeled"] == fraction)]
+            if part.empty:
+                continue
+            stats = part.groupby("iterations")["dice"].agg(["mean", "std", "count"]).reset_index()
+            name = label if len(fractions) == 1 else f"{label}, {fraction_text(fraction)} labeled"
+            ax.plot(stats["iterations"], stats["mean"], color=colours[label], linestyle=styles.get(fraction, "-"),
+                    marker="o", markersize=5, linewidth=1.5, label=name)  # fmt: skip
+            if (stats["count"] > 1).any():
+                low = (stats["mean"] - stats["std"].fillna(0)).clip(lower=0)
+                high = (stats["mean"] + stats["std"].fillna(0)).clip(upper=1)
+                ax.fill_between(stats["iterations"], low, high, color=colours[label], alpha=0.15, linewidth=0)
+    budgets = sorted(int(v) for v in means["iterations"].unique())
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_locator(FixedLocator(budgets))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([f"{b:,}" for b in budgets])
+    ax.set_xlabel("training iterations T (each point its own run)")
+    ax.set_ylabel("mean test Dice over lesion images")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+    return fig
+
+
 # --------------------------------------------------------------------------- learning curves
 
 
@@ -593,6 +641,8 @@ def plot_all(
         if n_images > 0:
             grid = functools.partial(_qualitative, part, order, n_images, fraction, checkpoint, device, log, datasets)
             attempt(f"qualitative{suffix}", grid)
+    if frame["iterations"].nunique() > 1:  # runs of several budgets: the budget curve spans the settings
+        attempt("dice_vs_iterations", lambda: dice_vs_iterations(frame, palette(_order(frame))))
     for name, fig in generator_figures(frame, Path(runs), cache=datasets):
         written.extend(save_figure(fig, out, name))
     return written, skipped

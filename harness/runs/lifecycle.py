@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import platform
 import subprocess
 import time
@@ -29,7 +30,7 @@ from harness.runs.run_figures import run_figures
 from harness.runs.store import METRICS_FILE, atomic_write_json, read_run, run_lock, safe_file_name, write_rows_csv
 from harness.runs.tracking import TrackerChoice, Trackers, final_scalars
 from harness.training import ddp
-from harness.training.device import autocast_factory, resolve_device, seed_everything
+from harness.training.device import autocast_factory, describe_device, resolve_device, seed_everything
 from harness.training.engine import TrainData, Trainer, make_predictor
 
 # --------------------------------------------------------------------------- execution
@@ -153,9 +154,11 @@ def execute(
             "status": "running",
             "config": cfg,
             "defaults": run.defaults,
+            "spec": dataclasses.asdict(spec),  # what was asked: harness.runs.replay rebuilds the command from it
             "started": started,
             "device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+            "device_name": describe_device(device),
+            "logical_cpus": os.cpu_count(),
             "threads": torch.get_num_threads(),
             "determinism": {"seed": spec.seed, "deterministic": spec.deterministic},
             "metric_policy": METRIC_POLICY,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import random
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -23,6 +24,20 @@ def resolve_device(name: str = "auto") -> torch.device:
 
         raise UserError(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto")
     return device
+
+
+def describe_device(device: torch.device) -> str:
+    """What the device is, for run.json: the GPU's name, or the CPU's model name from /proc/cpuinfo."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def autocast_factory(device: torch.device, precision: str) -> Callable[[], AbstractContextManager[Any]]:

@@ -108,12 +108,31 @@ def report(
     images: int = typer.Option(4, "--images", help="Test images per qualitative grid (0: none)."),
     figures: bool = typer.Option(True, "--figures/--no-figures", help="Draw the figures (off: tables and numbers)."),
     device: str = options.device_option(),
+    fmt: str = typer.Option(
+        "html", "--format", help="html (a static site) or markdown (README.md + figures/, a results page for a repo)."
+    ),
+    title: str = typer.Option(None, "--title", help="markdown: the page's title."),
+    command: list[str] = typer.Option(
+        None, "--command", help="markdown: a command line that produced the results, shown under Reproduce (repeat)."
+    ),
 ) -> None:
-    """A static HTML report to share: the tables, the figures, a page per run; opens from disk, no network."""
+    """A report to share: a static HTML site (tables, figures, a page per run) or a Markdown results page."""
+    metric_list = [m.strip() for m in metrics.split(",") if m.strip()]
+    if fmt == "markdown":
+        from harness.reporting.page import build_page
+
+        page = build_page(
+            runs, out, metrics=metric_list, checkpoint=checkpoint, compare=compare, significance=significance,
+            images=images, figures=figures, device=device, title=title, commands=command or (), log=typer.echo,
+        )  # fmt: skip
+        typer.echo(f"wrote {page}")
+        return
+    if fmt != "html":
+        raise UserError(f"--format {fmt!r}: use html or markdown")
     from harness.reporting.site import build_site, site_size
 
     index = build_site(
-        runs, out, metrics=[m.strip() for m in metrics.split(",") if m.strip()], checkpoint=checkpoint,
+        runs, out, metrics=metric_list, checkpoint=checkpoint,
         compare=compare, significance=significance, images=images, figures=figures, device=device,
         log=typer.echo,
     )  # fmt: skip
