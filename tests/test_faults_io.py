@@ -233,3 +233,26 @@ def test_bench_run_slurm_on_a_partition_without_gpus_fails_before_submitting(tmp
     message = str(result.exception)
     assert "--slurm-gpus-per-job 1 needs 1 GPU(s) per job but the default partition has 0" in message
     assert "--device cpu" in message and not (tmp_path / "out" / ".slurm").exists()
+
+
+def test_bench_run_over_finished_runs_in_a_read_only_results_folder_succeeds(tmp_path: Path) -> None:
+    """The local executor end to end (job records, run.log, the lock): checking finished runs writes nothing."""
+    from harness.execution.tasks import Request, finish
+    from plugins.executors.local import LocalExecutor, LocalParams
+
+    data, out = make_dataset(tmp_path / "ds"), tmp_path / "out"
+    runs = [tiny_run(data, fold=0), tiny_run(data, fold=1)]
+    said: list[str] = []
+    finish(LocalExecutor(LocalParams()).submit(Request(runs, out, show_progress=False, log=said.append)), out, said.append)
+    said.clear()
+    with read_only(out):
+        report = LocalExecutor(LocalParams()).submit(Request(runs, out, show_progress=False, log=said.append))
+    assert sorted(report.done) == sorted(r.name for r in runs) and not report.failed, said
+    assert sum("done already, skipped" in line for line in said) == 2
+
+
+def test_negative_iterations_are_refused_before_any_work() -> None:
+    from harness.config.params import ConfigError
+
+    with pytest.raises(ConfigError, match="--iterations -5: must be at least 1"):
+        tiny_run(Path("."), iterations=-5)

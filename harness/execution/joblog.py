@@ -35,9 +35,13 @@ def write_job(run_dir: Path, record: dict[str, Any]) -> None:
 
 
 def end_job(run_dir: Path, outcome: str) -> None:
-    """Mark the run's job record as ended (for executors whose jobs outlive no process of their own)."""
+    """Mark the run's job record as ended (for executors whose jobs outlive no process of their own).
+
+    A record already ended (a finished run that was only checked) is left alone, so that checking
+    finished runs writes nothing, and a read-only results folder can be checked.
+    """
     job = read_job(run_dir)
-    if job is not None:
+    if job is not None and "ended" not in job:
         atomic_write_json(Path(run_dir) / JOB_FILE, {**job, "ended": time.time(), "outcome": outcome})
 
 
@@ -57,9 +61,14 @@ class RunLog:
         self.echo: Log | None = print if echo is True else (echo or None)
 
     def write(self, text: str) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as fh:
-            fh.write(text if text.endswith("\n") else text + "\n")
+        """Append ``text``; a log that cannot be written (a read-only results folder) is skipped, not fatal:
+        whatever needs to write there (the run's lock) fails with its own message."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as fh:
+                fh.write(text if text.endswith("\n") else text + "\n")
+        except OSError:
+            pass
 
     def __call__(self, message: str) -> None:
         self.write(f"{time.strftime('%H:%M:%S')} {message}")
