@@ -243,7 +243,9 @@ def test_bench_run_over_finished_runs_in_a_read_only_results_folder_succeeds(tmp
     data, out = make_dataset(tmp_path / "ds"), tmp_path / "out"
     runs = [tiny_run(data, fold=0), tiny_run(data, fold=1)]
     said: list[str] = []
-    finish(LocalExecutor(LocalParams()).submit(Request(runs, out, show_progress=False, log=said.append)), out, said.append)
+    finish(
+        LocalExecutor(LocalParams()).submit(Request(runs, out, show_progress=False, log=said.append)), out, said.append
+    )
     said.clear()
     with read_only(out):
         report = LocalExecutor(LocalParams()).submit(Request(runs, out, show_progress=False, log=said.append))

@@ -146,3 +146,21 @@ def test_a_preempted_job_is_requeued_and_resumes(cluster, local_results, tmp_pat
     assert len(re.findall(rf"attempt on \S+ pid \d+ job {job} ", log)) == 2  # same job id, a second attempt
     assert _job(run_dir) == job  # nobody resubmitted it
     _check_resumed(run_dir, local_results)
+
+
+def test_a_partition_without_gpus_gets_no_gpu_request(cluster, tmp_path):
+    """The local cluster has no GPUs: the default device trains on its CPUs (sinfo says so, no gres request);
+    an explicit GPU request fails before anything is submitted, naming the flags to pass."""
+    no_device = [arg for arg in TINY if arg not in ("--device", "cpu")]
+    args = [*no_device, "--ssl", "supervised", "--iterations", "4", "--folds", "0", *SLURM]
+    out = tmp_path / "out"
+    said = _bench([*args, "--out", str(out), "--wait"], tmp_path)
+    assert "has no GPUs (sinfo): the runs train on CPUs there" in said
+    assert [s.state for s in collect(out)] == ["done"]
+    refused = subprocess.run(
+        [*BENCH, *args, "--slurm-gpus-per-job", "1", "--out", str(tmp_path / "gpu")],
+        capture_output=True, text=True, timeout=300, env=_env(tmp_path), cwd=tmp_path,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "--slurm-gpus-per-job 1 needs 1 GPU(s) per job but the default partition has 0" in refused.stderr
+    assert not list((tmp_path / "gpu").glob("*/job.json"))
