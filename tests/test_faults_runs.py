@@ -255,3 +255,18 @@ def test_a_damaged_decode_cache_pack_is_a_warned_cache_miss(tmp_path):
     assert torch.equal(first.images, again.images) and torch.equal(first.masks, again.masks)
     with np.load(packs[0]) as rebuilt:  # rewritten intact
         assert rebuilt["images"].shape[0] == 10
+
+
+def test_a_latest_checkpoint_with_non_finite_weights_restarts_truly_from_scratch(tmp_path):
+    run, out, run_dir = _interrupted(tmp_path)
+    fresh = execute(run, tmp_path / "fresh", show_progress=False, log=_quiet)
+    latest = run_dir / "checkpoints" / "latest.pt"
+    state = torch.load(latest, weights_only=True)
+    first = next(k for k, v in state["method"].items() if v.is_floating_point())
+    state["method"][first].view(-1)[0] = float("nan")
+    torch.save(state, latest)
+    with pytest.raises(CheckpointError, match=rf"checkpoint {latest} holds non-finite weights.*--restart-damaged"):
+        execute(run, out, show_progress=False, log=_quiet)
+    execute(run, out, show_progress=False, log=_quiet, restart_damaged=True)
+    # the same numbers as a run that never saw the damaged file: no weight of it leaked into the restart
+    assert (run_dir / "metrics.csv").read_text() == (fresh / "metrics.csv").read_text()

@@ -78,6 +78,24 @@ def refusal(run_name: str, what: str, found: list[str]) -> StaleRunError:
     )
 
 
+def folder_signature(data: str | None) -> tuple | None:
+    """(name, size, mtime, ctime, inode) of every file under a dataset folder; None for other sources.
+
+    Any write to a file changes its ctime, so an equal signature means unchanged files.
+    """
+    root = Path(data).expanduser() if data else None
+    if root is None or not root.is_dir():
+        return None
+    found = []
+    for path in sorted(root.rglob("*")):
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        found.append((str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+    return tuple(found)
+
+
 def clear_outputs(run_dir: Path) -> None:
     """Remove what training wrote (checkpoints, metrics, curves) so that the run starts from scratch."""
     for name in RUN_OUTPUTS:

@@ -7,6 +7,7 @@ A method only computes the loss of one step.
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import math
@@ -319,23 +320,35 @@ class Trainer:
         self.kept[name] = step
 
     def _load_latest(self, path: Path) -> dict[str, Any]:
-        """Load latest.pt into the method and optimisers; a damaged file raises naming it and the way out."""
+        """Load latest.pt into the method and optimisers; a damaged file raises naming it and the way out.
+
+        Everything is checked before anything is loaded, and a load that fails half-way puts the initial
+        weights and optimiser states back, so that a restart from scratch really starts from scratch.
+        """
+        initial = (copy.deepcopy(self.method.state_dict()), [copy.deepcopy(o.state_dict()) for o in self.optimizers])
         try:
             state = torch.load(path, map_location=self.device, weights_only=True)
-            self.method.load_state_dict(state["method"])
-            for opt, opt_state in zip(self.optimizers, state["optimizers"], strict=True):
-                opt.load_state_dict(opt_state)
+            missing = {"step", "method", "optimizers", "rng", "best_score", "best_step"} - set(state)
+            if missing:
+                raise KeyError(f"no {', '.join(sorted(missing))} (not a full-state checkpoint)")
             step, best_score, best_step = int(state["step"]), float(state["best_score"]), int(state["best_step"])
-            state["rng"]  # noqa: B018 - present in every full-state checkpoint
+            finite = all_finite(state["method"])
+            if finite:
+                self.method.load_state_dict(state["method"])
+                for opt, opt_state in zip(self.optimizers, state["optimizers"], strict=True):
+                    opt.load_state_dict(opt_state)
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:  # noqa: BLE001 - truncated, empty, garbage or another run's file
+            self.method.load_state_dict(initial[0])
+            for opt, opt_state in zip(self.optimizers, initial[1], strict=True):
+                opt.load_state_dict(opt_state)
             reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else 'no detail'}"
             raise CheckpointError(
                 f"checkpoint {path} is damaged ({reason}); rerun with {RESTART_FLAG} to move it aside and train "
                 "this run from scratch, or put back an intact copy"
             ) from None
-        if not all_finite(self.method.state_dict()):
+        if not finite:
             raise CheckpointError(
                 f"checkpoint {path} holds non-finite weights; rerun with {RESTART_FLAG} to move it aside and "
                 "train this run from scratch"
