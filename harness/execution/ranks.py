@@ -1,7 +1,9 @@
 """Rank roles of one run trained on several processes, and the local launch of those processes.
 
-Rank 0 executes the run as a one-process run would and tells the other ranks, before each run,
-whether it trains (see :mod:`harness.training.ddp` for the messages and the DDP primitives).
+Rank 0 executes the run as a one-process run would; after its prepare phase it broadcasts the training
+inputs, and before a run that will not train it says so (see :mod:`harness.training.ddp` for the
+messages and the DDP primitives). Every rank builds its trainer with
+:func:`harness.runs.lifecycle.build_trainer` and hands it its :class:`DistInfo`.
 """
 
 from __future__ import annotations
@@ -13,76 +15,63 @@ from typing import Any
 import torch
 
 from harness.execution.joblog import RunLog
-from harness.plugins import get_registry
-from harness.runs.lifecycle import execute
-from harness.runs.resolve import resolve
+from harness.runs.lifecycle import build_trainer, execute
 from harness.runs.store import RunLockedError
 from harness.training import ddp
-from harness.training.ddp import ABORT, SKIP, DistributedError, free_port, init, rank_seed, shutdown
+from harness.training.ddp import ABORT, SKIP, DistInfo, DistributedError, free_port, init, rank_seed, shutdown
 from harness.training.device import seed_everything
-from harness.training.engine import TrainData, Trainer
+from harness.training.engine import TrainData
 
 # --------------------------------------------------------------------------- per-run roles
 
 
-def run_rank(task: Any, log: Callable[[str], None]) -> str:
-    """Train ``task`` (a :class:`harness.execution.executors.RunTask`) as this rank; returns done / skipped / busy.
+def run_rank(task: Any, info: DistInfo, log: Callable[[str], None]) -> str:
+    """Train ``task`` (a :class:`harness.execution.tasks.RunTask`) as this rank; returns done / skipped.
 
-    Rank 0 executes the run and tells the others whether it trains; the other ranks follow.
+    Rank 0 executes the run (its prepare phase hands the training inputs to the others) and tells the
+    others when the run will not train; the other ranks follow.
     """
-
-    info = ddp.current()
-    assert info is not None, "init() first"
-    run = resolve(task.spec)
     if info.rank != 0:
-        return _follow(run, task)
-    ddp.reset_inputs_sent()
+        return _follow(task, info)
+    sent: list[bool] = []
+
+    def broadcast_inputs(inputs: TrainData, normaliser: Any) -> None:
+        ddp.send_inputs(inputs, normaliser, info)
+        sent.append(True)
+
     try:
         execute(
-            run, task.out_path, log=log, show_progress=task.show_progress, device_name=str(info.device),
+            task.run, task.out_path, log=log, show_progress=task.show_progress, device_name=str(info.device),
             trackers=task.trackers, retrain_changed=task.retrain_changed, restart_damaged=task.restart_damaged,
+            dist=info, on_prepared=broadcast_inputs,
         )  # fmt: skip
     except RunLockedError:
-        if not ddp.inputs_sent():
-            ddp.send(SKIP, "locked")
+        if not sent:
+            ddp.send(SKIP, info, "locked")
         raise
     except BaseException as exc:
-        if not ddp.inputs_sent():
-            ddp.send(ABORT, f"{type(exc).__name__}: {exc}")
+        if not sent:
+            ddp.send(ABORT, info, f"{type(exc).__name__}: {exc}")
         raise
-    if not ddp.inputs_sent():
-        ddp.send(SKIP, "done")
+    if not sent:
+        ddp.send(SKIP, info, "done")
         return "skipped"
     return "done"
 
 
-def _follow(run: Any, task: Any) -> str:
+def _follow(task: Any, info: DistInfo) -> str:
     """A rank other than 0: wait for rank 0's message, then train in lockstep, writing nothing."""
-
-    info = ddp.current()
-    assert info is not None
-    kind, payload, normaliser = ddp.receive()
+    run = task.run
+    kind, payload, normaliser = ddp.receive(info)
     if kind == SKIP:
         return "skipped"
     if kind == ABORT:
         raise DistributedError(f"rank 0 could not start run {run.name}: {payload}")
-    spec = run.spec
-    seed_everything(rank_seed(spec.seed, info), spec.deterministic)
-    registry = get_registry()
-    backbone_cls = registry.get("backbone", spec.backbone)
-    method_cls = registry.get("ssl_method", spec.ssl)
-    method = method_cls(lambda: backbone_cls(spec.in_channels, 1, run.backbone_params), run.method_params)
-    data = TrainData(
-        labeled_images=payload["labeled_images"].to(info.device),
-        labeled_masks=payload["labeled_masks"].to(info.device),
-        unlabeled_images=payload["unlabeled_images"].to(info.device),
-        val_dataset=None,  # type: ignore[arg-type]  # only rank 0 validates
-        val_indices=[],
+    seed_everything(rank_seed(run.spec.seed, info), run.spec.deterministic)
+    inputs = TrainData(**payload, val_dataset=None, val_indices=[])  # type: ignore[arg-type]  # rank 0 validates
+    _method, trainer = build_trainer(
+        run, inputs, normaliser, info.device, task.run_dir, dist=info, restart_damaged=task.restart_damaged
     )
-    trainer = Trainer(
-        method, run.settings, data, normaliser, info.device, task.run_dir, show_progress=False,
-        restart_damaged=task.restart_damaged,
-    )  # fmt: skip
     trainer.train()
     return "done"
 
@@ -119,9 +108,9 @@ def _rank_main(rank: int, task: Any, nprocs: int, port: int, gpu_ids: list[str] 
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
     if threads:
         torch.set_num_threads(threads)
-    init(task.device, task.sync_bn)
+    info = init(task.device, task.sync_bn)
     try:
         log = RunLog(task.run_dir, echo=rank == 0 and task.show_progress) if rank == 0 else (lambda _msg: None)
-        run_rank(task, log)
+        run_rank(task, info, log)
     finally:
         shutdown()

@@ -16,7 +16,7 @@ from pathlib import Path
 from harness.errors import UserError
 from harness.execution import ranks
 from harness.execution.joblog import LOG_FILE, Log, RunLog
-from harness.runs.resolve import ResolvedRun, RunSpec
+from harness.runs.resolve import ResolvedRun
 from harness.runs.store import RunLockedError, read_run
 from harness.runs.tracking import TrackerChoice
 from harness.training import ddp
@@ -35,11 +35,13 @@ class Terminated(SystemExit):
 
 @dataclass
 class RunTask:
-    """One run as another process or machine receives it: picklable, re-resolved (and checked) there."""
+    """One run as another process or machine receives it: the resolved run itself (picklable), never re-resolved.
 
-    spec: RunSpec
-    run_id: str
-    name: str
+    ``versions`` are the segbench and component plugin versions of the submitting process; a process
+    whose installation differs refuses the run rather than train something else under its id.
+    """
+
+    run: ResolvedRun
     out_dir: str
     device: str = "auto"
     gpus: int = 1
@@ -51,6 +53,16 @@ class RunTask:
     retrain_changed: bool = False
     #: move a damaged checkpoints/latest.pt aside and train from scratch (``--restart-damaged``)
     restart_damaged: bool = False
+    #: segbench and component plugin versions where the run was resolved (checked where it trains)
+    versions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def run_id(self) -> str:
+        return self.run.run_id
+
+    @property
+    def name(self) -> str:
+        return self.run.name
 
     @property
     def out_path(self) -> Path:
@@ -86,8 +98,8 @@ class Request:
     def tasks(self, show_progress: bool = False) -> list[RunTask]:
         out = str(Path(self.out_dir).resolve())
         return [
-            RunTask(r.spec, r.run_id, r.name, out, self.device, self.gpus, self.sync_bn, show_progress, self.trackers,
-                    self.retrain_changed, self.restart_damaged)
+            RunTask(r, out, self.device, self.gpus, self.sync_bn, show_progress, self.trackers,
+                    self.retrain_changed, self.restart_damaged, installed_versions(r))
             for r in self.runs
         ]  # fmt: skip
 
@@ -100,6 +112,23 @@ class Report:
     busy: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     submitted: dict[str, str] = field(default_factory=dict)
+
+
+def installed_versions(run: ResolvedRun) -> dict[str, str]:
+    """segbench's version and that of the plugin behind each of the run's components, in this process."""
+    from harness import __version__
+    from harness.plugins import get_registry
+
+    registry = get_registry()
+    versions = {"segbench": __version__}
+    for kind, name in (
+        ("ssl_method", run.spec.ssl),
+        ("backbone", run.spec.backbone),
+        ("generator", run.config["generator"]),
+    ):
+        owner = registry.owner(kind, name)
+        versions[f"{kind} {name}"] = f"{owner.distribution or owner.name} {owner.version or ''}".strip()
+    return versions
 
 
 def finish(report: Report, out_dir: Path, log: Log) -> None:
@@ -151,7 +180,6 @@ def run_task(task: RunTask, log: Log | bool | None = None, *, job: str = "", thr
     import torch
 
     from harness.runs.lifecycle import execute
-    from harness.runs.resolve import resolve
 
     if threads:
         torch.set_num_threads(threads)
@@ -163,14 +191,16 @@ def run_task(task: RunTask, log: Log | bool | None = None, *, job: str = "", thr
             + f" ({torch.get_num_threads()} threads)"
         )  # fmt: skip
     try:
-        run = resolve(task.spec)
-        if run.run_id != task.run_id:
+        here = installed_versions(task.run)
+        if task.versions and here != task.versions:
+            differ = sorted(k for k in here.keys() | task.versions.keys() if here.get(k) != task.versions.get(k))
             raise ExecutorError(
-                f"run {task.name} resolves to id {run.run_id} here, not {task.run_id}: the installed segbench or "
-                "plugins differ from the submitting machine's; install the same versions on both"
+                f"run {task.name}: {differ[0]} is {here.get(differ[0])} here but {task.versions.get(differ[0])} where "
+                "the run was submitted; install the same segbench and plugin versions on both"
             )
-        if ddp.current() is not None:  # one rank of torchrun or of a multi-task Slurm job
-            ranks.run_rank(task, run_log)
+        info = ddp.current()
+        if info is not None:  # one rank of torchrun or of a multi-task Slurm job
+            ranks.run_rank(task, info, run_log)
         elif task.gpus > 1:
             gpus = visible_gpus() if task.device != "cpu" else []
             if gpus and len(gpus) < task.gpus:
@@ -182,7 +212,7 @@ def run_task(task: RunTask, log: Log | bool | None = None, *, job: str = "", thr
                 raise ExecutorError(f"run {task.name} ended with status {record.get('status')!r}")
         else:
             execute(
-                run, task.out_path, log=run_log, show_progress=task.show_progress, device_name=task.device,
+                task.run, task.out_path, log=run_log, show_progress=task.show_progress, device_name=task.device,
                 trackers=task.trackers, retrain_changed=task.retrain_changed, restart_damaged=task.restart_damaged,
             )  # fmt: skip
     except RunLockedError as exc:

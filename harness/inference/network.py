@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from harness.api import build_method
 from harness.config.params import ConfigError, build_params
 from harness.data.normalize import Normaliser
 from harness.errors import UserError
@@ -136,7 +137,7 @@ def _params(cls: Any, values: dict[str, Any], who: str, run_json: Path) -> Any:
         ) from None
 
 
-def build_method(run: dict[str, Any], run_dir: Path, registry: Registry | None = None) -> nn.Module:
+def method_from_record(run: dict[str, Any], run_dir: Path, registry: Registry | None = None) -> nn.Module:
     """The run's SSL method with fresh weights, rebuilt from run.json's plugin names and parameters."""
     registry = registry or get_registry()
     run_json = Path(run_dir) / RUN_FILE
@@ -150,7 +151,7 @@ def build_method(run: dict[str, Any], run_dir: Path, registry: Registry | None =
     method_params = _params(method_cls, cfg.get("method_params"), f"method {ssl}", run_json)
     backbone_params = _params(backbone_cls, cfg.get("backbone_params"), f"backbone {backbone}", run_json)
     try:
-        return method_cls(lambda: backbone_cls(in_channels, 1, backbone_params), method_params)
+        return build_method(method_cls, backbone_cls, in_channels, backbone_params, method_params)
     except (TypeError, ValueError, RuntimeError) as exc:
         raise InferenceError(f"{run_json}: building method {ssl} on backbone {backbone} failed: {exc}") from None
 
@@ -200,7 +201,7 @@ def load_run_network(run_dir: Path | str, checkpoint: str = "best", device: torc
     run_dir = Path(run_dir)
     run = read_run_record(run_dir)
     path = checkpoint_path(run_dir, checkpoint)
-    method = build_method(run, run_dir)
+    method = method_from_record(run, run_dir)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as exc:

@@ -1,4 +1,12 @@
-"""One benchmark run's lifecycle: prepare the fold's data, train, evaluate, record."""
+"""One benchmark run's lifecycle, in phases with typed results: prepare -> train -> evaluate -> record.
+
+:func:`prepare` loads the data, the split and the fold (:func:`load_fold`), fills the unlabeled pool
+(fitting or reusing the generator) and fits the normaliser: a :class:`Prepared`. :func:`build_trainer`
+builds the run's method and trainer from it, the same way on every rank of a distributed run (rank 0
+prepares and broadcasts the training inputs; the others receive them). :func:`evaluate` scores the
+best and last checkpoints on the test ids: an :class:`Evaluation`. :func:`execute` runs the phases
+under the run's lock and records each one in run.json.
+"""
 
 from __future__ import annotations
 
@@ -10,28 +18,29 @@ import platform
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from harness import __version__
-from harness.api import SegDataset, TrackedRun
+from harness.api import SegDataset, SSLMethod, TrackedRun
 from harness.data.datasets import load_dataset
-from harness.data.normalize import fit_normaliser
-from harness.data.splits import fold_parts, load_split, make_split, save_split, split_hash
+from harness.data.normalize import Normaliser, fit_normaliser
+from harness.data.splits import FoldParts, fold_parts, load_split, make_split, save_split, split_hash
 from harness.evaluation.evaluate import evaluate_images, summarise
 from harness.evaluation.metrics import METRIC_POLICY
 from harness.generation.pool import synthetic_pool
 from harness.plugins import Registry, get_registry
 from harness.runs import freshness
-from harness.runs.resolve import ResolvedRun, RunSpec
+from harness.runs.resolve import ResolvedRun, RunSpec, method_of
 from harness.runs.run_figures import run_figures
 from harness.runs.store import METRICS_FILE, atomic_write_json, read_run, run_lock, safe_file_name, write_rows_csv
 from harness.runs.tracking import TrackerChoice, Trackers, final_scalars
 from harness.training import ddp
 from harness.training.device import autocast_factory, describe_device, resolve_device, seed_everything
-from harness.training.engine import TrainData, Trainer, make_predictor
+from harness.training.engine import TrainData, Trainer, TrainResult, make_predictor
 
 # --------------------------------------------------------------------------- execution
 
@@ -120,6 +129,209 @@ def _sha256_ids(ids: list[str]) -> str:
     return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
 
 
+# --------------------------------------------------------------------------- phases
+
+
+@dataclass
+class Fold:
+    """A run's data at the model grid, its split (and where the split file is) and the fold's ids."""
+
+    dataset: SegDataset
+    split: dict[str, Any]
+    split_path: Path
+    parts: FoldParts
+
+
+def load_fold(spec: RunSpec, image_size: int, out_dir: Path, *, labeled: float | None = None) -> Fold:
+    """dataset -> split -> fold: the chain every consumer of a fold goes through (``bench generate`` too)."""
+    dataset = load_run_dataset(spec, image_size)
+    split, split_path = split_for(spec, dataset, out_dir)
+    parts = fold_parts(split, spec.fold, spec.labeled if labeled is None else labeled, spec.draw)
+    return Fold(dataset, split, split_path, parts)
+
+
+@dataclass
+class Prepared:
+    """The prepare phase's result: what training and evaluation read, and what run.json records of it."""
+
+    fold: Fold
+    #: training tensors on the CPU; ``val_dataset`` / ``val_indices`` are for rank 0's validation
+    inputs: TrainData
+    normaliser: Normaliser
+    #: run.json blocks: ``data``, ``normalisation`` and, with a generator, ``generator``
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+def fold_facts(fold: Fold) -> dict[str, Any]:
+    """The run.json ``data`` block of a fold."""
+    dataset, parts, split = fold.dataset, fold.parts, fold.split
+    return {
+        "name": dataset.name,
+        "fingerprint": dataset.fingerprint,
+        "mask_fingerprint": dataset.mask_fingerprint,
+        "n_images": len(dataset),
+        "split_file": str(fold.split_path),
+        "split_hash": split_hash(split),
+        "protocol": split.get("protocol"),
+        "selection_is_test": parts.selection_is_test,
+        "n_labeled": len(parts.labeled),
+        "n_unlabeled_real": len(parts.unlabeled),
+        "n_val": len(parts.val),
+        "n_test": len(parts.test),
+        "labeled_ids_sha256": _sha256_ids(parts.labeled),
+        "resize": dataset.options.get("resize"),
+        "mask_threshold": dataset.options.get("mask_threshold"),
+        "spacing": dataset.spacing,
+    }
+
+
+def generator_pool(
+    run: ResolvedRun, fold: Fold, out_dir: Path, device: torch.device, log: Log, registry: Registry, n: int
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """``n`` synthetic images of the run's generator, fitted on the fold's training images (or reused)."""
+    dataset, parts = fold.dataset, fold.parts
+    train_idx = dataset.index(parts.labeled) + dataset.index(parts.unlabeled)
+    name = run.config["generator"]
+    return synthetic_pool(
+        name,
+        registry.get("generator", name),
+        run.generator_params,
+        images=dataset.images[train_idx],
+        ids=[dataset.ids[i] for i in train_idx],
+        content_hashes=dataset.content_hashes,
+        strata=[dataset.strata[i] for i in train_idx],
+        n=n,
+        seed=run.spec.seed,
+        image_size=run.image_size,
+        cache_root=out_dir / "generators",
+        device=device,
+        log=log,
+    )
+
+
+def prepare(
+    run: ResolvedRun,
+    out_dir: Path,
+    device: torch.device,
+    log: Log,
+    registry: Registry | None = None,
+    *,
+    fold: Fold | None = None,
+) -> Prepared:
+    """Phase 1: the fold's data (``fold``, when already loaded), its unlabeled pool and the normaliser."""
+    registry = registry or get_registry()
+    spec, cfg = run.spec, run.config
+    t0 = time.perf_counter()
+    fold = fold or load_fold(spec, run.image_size, out_dir)
+    dataset, parts = fold.dataset, fold.parts
+    facts: dict[str, Any] = {"data": {**fold_facts(fold), "load_seconds": round(time.perf_counter() - t0, 3)}}
+    lab_idx = dataset.index(parts.labeled)
+    unl_idx = dataset.index(parts.unlabeled)
+    pools: list[torch.Tensor] = []
+    if registry.get("ssl_method", spec.ssl).uses_unlabeled and spec.unlabeled in ("real", "both"):
+        pools += [dataset.images[unl_idx], dataset.unlabeled]
+    if cfg["generator"] != "none":
+        want = cfg["n_synthetic"]
+        n = {"train": len(lab_idx) + len(unl_idx), "unlabeled": len(unl_idx)}.get(want, want)
+        synthetic, facts["generator"] = generator_pool(run, fold, out_dir, device, log, registry, n)
+        pools.append(synthetic)
+    unlabeled = torch.cat(pools) if pools else dataset.images[:0]
+    facts["data"]["n_unlabeled_total"] = int(unlabeled.shape[0])
+    normaliser = fit_normaliser(spec.normalisation, spec.in_channels, dataset.images[lab_idx + unl_idx])
+    facts["normalisation"] = normaliser.as_dict()
+    inputs = TrainData(
+        labeled_images=dataset.images[lab_idx],
+        labeled_masks=dataset.masks[lab_idx],
+        unlabeled_images=unlabeled,
+        val_dataset=dataset,
+        val_indices=dataset.index(parts.val),
+    )
+    return Prepared(fold, inputs, normaliser, facts)
+
+
+def build_trainer(
+    run: ResolvedRun,
+    inputs: TrainData,
+    normaliser: Normaliser,
+    device: torch.device,
+    run_dir: Path,
+    *,
+    dist: ddp.DistInfo | None = None,
+    show_progress: bool = False,
+    on_log: Callable[[list[dict[str, Any]]], None] | None = None,
+    restart_damaged: bool = False,
+    registry: Registry | None = None,
+) -> tuple[SSLMethod, Trainer]:
+    """Phase 2's set-up, the same on every rank: the run's method and a trainer over ``inputs`` on ``device``."""
+    method = method_of(run, registry)
+    data = dataclasses.replace(
+        inputs,
+        labeled_images=inputs.labeled_images.to(device),
+        labeled_masks=inputs.labeled_masks.to(device),
+        unlabeled_images=inputs.unlabeled_images.to(device),
+    )
+    trainer = Trainer(
+        method, run.settings, data, normaliser, device, run_dir, show_progress=show_progress, on_log=on_log,
+        restart_damaged=restart_damaged, dist=dist,
+    )  # fmt: skip
+    return method, trainer
+
+
+def train_facts(run: ResolvedRun, result: TrainResult) -> dict[str, Any]:
+    """The run.json ``train`` block."""
+    facts = dataclasses.asdict(result)
+    consistency = getattr(run.method_params, "consistency", None)
+    if consistency is not None:
+        facts["consistency_weight_at_end"] = consistency * result.ramp_factor_at_end
+    return facts
+
+
+@dataclass
+class Evaluation:
+    """The evaluate phase's result: per-image rows of both checkpoints and their summaries."""
+
+    rows: list[dict[str, Any]]
+    summaries: dict[str, dict[str, float]]
+
+
+def evaluate(
+    run: ResolvedRun, method: SSLMethod, prepared: Prepared, run_dir: Path, device: torch.device
+) -> Evaluation:
+    """Phase 3: load the best and last checkpoints into ``method`` and score them on the fold's test ids."""
+    spec, dataset = run.spec, prepared.fold.dataset
+    rows: list[dict[str, Any]] = []
+    test_idx = dataset.index(prepared.fold.parts.test)
+    net = method.inference_network()
+    autocast = autocast_factory(device, run.settings.precision)
+    summaries = {}
+    for checkpoint in ("best", "last"):
+        state = torch.load(run_dir / "checkpoints" / f"{checkpoint}.pt", map_location=device, weights_only=True)
+        method.load_state_dict(state["method"])
+        method.eval()
+        predict = make_predictor(net, prepared.normaliser, autocast, run.settings.channels_last)
+        ckpt_rows = evaluate_images(
+            predict,
+            dataset,
+            test_idx,
+            resolution=spec.eval_resolution,
+            published=spec.published_metrics,
+            device=device,
+        )
+        for row in ckpt_rows:
+            row["checkpoint"] = checkpoint
+            row["checkpoint_step"] = state["step"]
+        rows += ckpt_rows
+        summaries[checkpoint] = summarise(ckpt_rows)
+    return Evaluation(rows, summaries)
+
+
+#: called by rank 0 with the prepared training inputs and normaliser, before training (DDP: broadcast them)
+OnPrepared = Callable[[TrainData, Normaliser], None]
+
+
+# --------------------------------------------------------------------------- the run
+
+
 def execute(
     run: ResolvedRun,
     out_dir: Path,
@@ -131,8 +343,13 @@ def execute(
     trackers: TrackerChoice | None = None,
     retrain_changed: bool = False,
     restart_damaged: bool = False,
+    dist: ddp.DistInfo | None = None,
+    on_prepared: OnPrepared | None = None,
 ) -> Path:
     """Train and evaluate one resolved run under ``out_dir``; skip it when it is already done.
+
+    ``dist`` is rank 0's place in a distributed run; ``on_prepared`` hands the prepared training
+    inputs to the other ranks before training.
 
     ``trackers`` (``bench run --tracker``) receive the run's config, curves, test metrics and figures
     (rank 0 only); a failing tracker is dropped with a warning, never failing the run.
@@ -214,13 +431,15 @@ def execute(
                 record["data"] = previous["data"]
         resumed_data = record.get("data") if record.get("resumed") else None
         atomic_write_json(run_dir / "run.json", record)
-        tracked = Trackers.build(trackers, registry, log) if trackers and ddp.is_writer() else Trackers([], log)
+        writer = dist is None or dist.is_writer
+        tracked = Trackers.build(trackers, registry, log) if trackers and writer else Trackers([], log)
         config = json.loads(json.dumps(cfg, default=str))  # as run.json holds it
         tracked.start(TrackedRun(run.name, run.run_id, run_dir, Path(out_dir), config, bool(record.get("resumed"))))
         try:
-            _train_and_evaluate(
+            _phases(
                 run, run_dir, Path(out_dir), record, device, log, show_progress, registry, tracked,
                 resumed_data=resumed_data, retrain_changed=retrain_changed, restart_damaged=restart_damaged,
+                dist=dist, on_prepared=on_prepared,
             )  # fmt: skip
         except BaseException as exc:
             record.update(status="failed", error=f"{type(exc).__name__}: {exc}", ended=time.time())
@@ -243,7 +462,7 @@ def _skip_done(name: str, previous: dict[str, Any], log: Log) -> None:
     log(f"{name}: done already, skipped")
 
 
-def _train_and_evaluate(
+def _phases(
     run: ResolvedRun,
     run_dir: Path,
     out_dir: Path,
@@ -256,13 +475,13 @@ def _train_and_evaluate(
     resumed_data: dict[str, Any] | None = None,
     retrain_changed: bool = False,
     restart_damaged: bool = False,
+    dist: ddp.DistInfo | None = None,
+    on_prepared: OnPrepared | None = None,
 ) -> None:
-    spec, cfg = run.spec, run.config
-    t0 = time.perf_counter()
-    dataset = load_run_dataset(spec, run.image_size)
-    split, split_path = split_for(spec, dataset, out_dir)
-    current = freshness.identity(dataset, split_hash(split))
-    stale = freshness.changes(resumed_data, current, dataset)
+    """prepare -> train -> evaluate, each phase's result recorded in run.json (``record``)."""
+    fold = load_fold(run.spec, run.image_size, out_dir)
+    current = freshness.identity(fold.dataset, split_hash(fold.split))
+    stale = freshness.changes(resumed_data, current, fold.dataset)
     if stale and not retrain_changed:  # its checkpoint holds training on the old data: never resume onto new data
         raise freshness.refusal(run.name, "was interrupted while training", stale)
     if stale:
@@ -270,118 +489,31 @@ def _train_and_evaluate(
         record.pop("resumed", None)
         record["retrained"] = {"changes": stale, "previous_data": resumed_data}
         log(f"{run.name}: data changed ({'; '.join(stale)}); training it from scratch ({freshness.RETRAIN_FLAG})")
-    parts = fold_parts(split, spec.fold, spec.labeled, spec.draw)
-    record["data"] = {
-        "name": dataset.name,
-        "fingerprint": dataset.fingerprint,
-        "mask_fingerprint": dataset.mask_fingerprint,
-        "n_images": len(dataset),
-        "split_file": str(split_path),
-        "split_hash": split_hash(split),
-        "protocol": split.get("protocol"),
-        "selection_is_test": parts.selection_is_test,
-        "n_labeled": len(parts.labeled),
-        "n_unlabeled_real": len(parts.unlabeled),
-        "n_val": len(parts.val),
-        "n_test": len(parts.test),
-        "labeled_ids_sha256": _sha256_ids(parts.labeled),
-        "resize": dataset.options.get("resize"),
-        "mask_threshold": dataset.options.get("mask_threshold"),
-        "spacing": dataset.spacing,
-        "load_seconds": round(time.perf_counter() - t0, 3),
-    }
-    lab_idx = dataset.index(parts.labeled)
-    unl_idx = dataset.index(parts.unlabeled)
-    method_cls = registry.get("ssl_method", spec.ssl)
-    pools: list[torch.Tensor] = []
-    if method_cls.uses_unlabeled and spec.unlabeled in ("real", "both"):
-        pools += [dataset.images[unl_idx], dataset.unlabeled]
-    if cfg["generator"] != "none":
-        train_idx = lab_idx + unl_idx
-        want = cfg["n_synthetic"]
-        n = {"train": len(train_idx), "unlabeled": len(unl_idx)}.get(want, want)
-        generator_cls = registry.get("generator", cfg["generator"])
-        synthetic, info = synthetic_pool(
-            cfg["generator"],
-            generator_cls,
-            run.generator_params,
-            images=dataset.images[train_idx],
-            ids=[dataset.ids[i] for i in train_idx],
-            content_hashes=dataset.content_hashes,
-            strata=[dataset.strata[i] for i in train_idx],
-            n=n,
-            seed=spec.seed,
-            image_size=run.image_size,
-            cache_root=out_dir / "generators",
-            device=device,
-            log=log,
-        )
-        record["generator"] = info
-        pools.append(synthetic)
-    unlabeled = torch.cat(pools) if pools else dataset.images[:0]
-    record["data"]["n_unlabeled_total"] = int(unlabeled.shape[0])
-    normaliser = fit_normaliser(spec.normalisation, spec.in_channels, dataset.images[lab_idx + unl_idx])
-    record["normalisation"] = normaliser.as_dict()
-
-    backbone_cls = registry.get("backbone", spec.backbone)
-
-    def build_backbone():
-        return backbone_cls(spec.in_channels, 1, run.backbone_params)
-
-    method = method_cls(build_backbone, run.method_params)
-    record["method"] = {"describe": method.describe(), "parameters": sum(p.numel() for p in method.parameters())}
-    data = TrainData(
-        labeled_images=dataset.images[lab_idx].to(device),
-        labeled_masks=dataset.masks[lab_idx].to(device),
-        unlabeled_images=unlabeled.to(device),
-        val_dataset=dataset,
-        val_indices=dataset.index(parts.val),
-    )
-    atomic_write_json(run_dir / "run.json", record)
-    trainer = Trainer(
-        method, run.settings, data, normaliser, device, run_dir, show_progress=show_progress,
-        on_log=tracked.log_curves if tracked else None, restart_damaged=restart_damaged,
+    prepared = prepare(run, out_dir, device, log, registry, fold=fold)
+    record.update(prepared.facts)
+    if on_prepared is not None:
+        on_prepared(prepared.inputs, prepared.normaliser)
+    method, trainer = build_trainer(
+        run, prepared.inputs, prepared.normaliser, device, run_dir, dist=dist, show_progress=show_progress,
+        on_log=tracked.log_curves if tracked else None, restart_damaged=restart_damaged, registry=registry,
     )  # fmt: skip
+    record["method"] = {"describe": method.describe(), "parameters": sum(p.numel() for p in method.parameters())}
+    atomic_write_json(run_dir / "run.json", record)
     result = trainer.train()
-    record["train"] = dataclasses.asdict(result)
-    consistency = getattr(run.method_params, "consistency", None)
-    if consistency is not None:
-        record["train"]["consistency_weight_at_end"] = consistency * result.ramp_factor_at_end
+    record["train"] = train_facts(run, result)
     log(
         f"trained {result.steps} iterations at {result.images_per_second:.1f} images/s; "
         f"best val {run.settings.selection_metric} {result.best_score:.4f} at step {result.best_step}"
     )
-
-    rows = []
-    test_idx = dataset.index(parts.test)
-    net = method.inference_network()
-    autocast = autocast_factory(device, run.settings.precision)
-    summaries = {}
-    for checkpoint in ("best", "last"):
-        state = torch.load(run_dir / "checkpoints" / f"{checkpoint}.pt", map_location=device, weights_only=True)
-        method.load_state_dict(state["method"])
-        method.eval()
-        predict = make_predictor(net, normaliser, autocast, run.settings.channels_last)
-        ckpt_rows = evaluate_images(
-            predict,
-            dataset,
-            test_idx,
-            resolution=spec.eval_resolution,
-            published=spec.published_metrics,
-            device=device,
-        )
-        for row in ckpt_rows:
-            row["checkpoint"] = checkpoint
-            row["checkpoint_step"] = state["step"]
-        rows += ckpt_rows
-        summaries[checkpoint] = summarise(ckpt_rows)
-    write_rows_csv(run_dir / METRICS_FILE, rows)
-    record["test"] = summaries
+    evaluation = evaluate(run, method, prepared, run_dir, device)
+    write_rows_csv(run_dir / METRICS_FILE, evaluation.rows)
+    record["test"] = evaluation.summaries
     if tracked:
         last_step = run.settings.iterations - 1
-        tracked.log_metrics(final_scalars(summaries), last_step)
-        tracked.log_figures(run_figures(run_dir, rows, run.name), last_step)
+        tracked.log_metrics(final_scalars(evaluation.summaries), last_step)
+        tracked.log_figures(run_figures(run_dir, evaluation.rows, run.name), last_step)
+    selection = "selection set = test set, optimistic" if prepared.fold.parts.selection_is_test else "held-out test"
     log(
-        f"test ({'selection set = test set, optimistic' if parts.selection_is_test else 'held-out test'}): "
-        + "; ".join(f"{k}: dice {v['dice']:.4f} hd95 {v['hd95']:.2f}" for k, v in summaries.items())
+        f"test ({selection}): "
+        + "; ".join(f"{k}: dice {v['dice']:.4f} hd95 {v['hd95']:.2f}" for k, v in evaluation.summaries.items())
     )

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.api import params_dict, resolve_params
+from harness.api import SSLMethod, build_method, params_dict, resolve_params
 from harness.config.params import ConfigError, coerce_value
 from harness.config.presets import Preset, get_preset
 from harness.plugins import Registry, get_registry
@@ -313,4 +313,17 @@ def resolve(spec: RunSpec, registry: Registry | None = None) -> ResolvedRun:
         config=config,
         run_id=run_id_of(config),
         defaults=defaults,
+    )
+
+
+def method_of(run: ResolvedRun, registry: Registry | None = None) -> SSLMethod:
+    """A fresh method of ``run`` (random weights): training, every DDP rank and the checks build it this way."""
+    registry = registry or get_registry()
+    spec = run.spec
+    return build_method(
+        registry.get("ssl_method", spec.ssl),
+        registry.get("backbone", spec.backbone),
+        spec.in_channels,
+        run.backbone_params,
+        run.method_params,
     )

@@ -62,8 +62,8 @@ class DistInfo:
         return self.rank == 0
 
 
+#: the process group this process joined with :func:`init` (the process's own state, like torch.distributed's)
 _INFO: DistInfo | None = None
-_SENT_INPUTS = False
 
 
 def env_world(env: dict[str, str] | None = None) -> tuple[int, int, int] | None:
@@ -205,59 +205,51 @@ def rank_seed(seed: int, info: DistInfo | None) -> int:
     return seed if info is None or info.rank == 0 else seed + 1_000_003 * info.rank
 
 
-def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
+def mean_over_ranks(values: torch.Tensor, info: DistInfo | None) -> torch.Tensor:
     """The element-wise mean of ``values`` over all ranks (a no-op in a one-process run)."""
-    if _INFO is None:
+    if info is None:
         return values
-    values = values.to(_INFO.device).clone()
+    values = values.to(info.device).clone()
     dist.all_reduce(values)
-    return values / _INFO.world_size
+    return values / info.world_size
 
 
-def gather_objects(obj: Any) -> list[Any]:
+def gather_objects(obj: Any, info: DistInfo | None) -> list[Any]:
     """``obj`` of every rank, in rank order (``[obj]`` in a one-process run)."""
-    if _INFO is None:
+    if info is None:
         return [obj]
-    out: list[Any] = [None] * _INFO.world_size
+    out: list[Any] = [None] * info.world_size
     dist.all_gather_object(out, obj)
     return out
 
 
-def parameters_identical(method: nn.Module) -> bool:
+def parameters_identical(method: nn.Module, info: DistInfo | None) -> bool:
     """True when every rank holds bitwise the same parameters (students and EMA teachers alike)."""
     flat = torch.cat([p.detach().reshape(-1).float().cpu() for p in method.parameters()])
     digest = hashlib.sha256(flat.numpy().tobytes()).hexdigest()
-    return len(set(gather_objects(digest))) == 1
+    return len(set(gather_objects(digest, info))) == 1
 
 
-def _broadcast(message: list[Any]) -> list[Any]:
-    assert _INFO is not None
-    dist.broadcast_object_list(message, src=0, device=_INFO.device if _INFO.device.type == "cuda" else None)
+def _broadcast(message: list[Any], info: DistInfo) -> list[Any]:
+    dist.broadcast_object_list(message, src=0, device=info.device if info.device.type == "cuda" else None)
     return message
 
 
-def send_inputs(data: Any, normaliser: Normaliser) -> None:
+#: the training tensors rank 0 prepares and the other ranks receive
+INPUT_TENSORS = ("labeled_images", "labeled_masks", "unlabeled_images")
+
+
+def send_inputs(data: Any, normaliser: Normaliser, info: DistInfo) -> None:
     """Rank 0: give the other ranks the run's training tensors (on the CPU) and normaliser."""
-    global _SENT_INPUTS
-    tensors = {k: getattr(data, k).cpu() for k in ("labeled_images", "labeled_masks", "unlabeled_images")}
-    _broadcast([(INPUTS, tensors, normaliser)])
-    _SENT_INPUTS = True
+    tensors = {k: getattr(data, k).cpu() for k in INPUT_TENSORS}
+    _broadcast([(INPUTS, tensors, normaliser)], info)
 
 
-def send(kind: str, detail: str = "") -> None:
-    _broadcast([(kind, detail, None)])
+def send(kind: str, info: DistInfo, detail: str = "") -> None:
+    """Rank 0: tell the other ranks that this run does not train (``skip``) or failed before training (``abort``)."""
+    _broadcast([(kind, detail, None)], info)
 
 
-def receive() -> tuple[str, Any, Any]:
-    return _broadcast([None])[0]
-
-
-def inputs_sent() -> bool:
-    """Rank 0: whether this run's training inputs went to the other ranks."""
-    return _SENT_INPUTS
-
-
-def reset_inputs_sent() -> None:
-    """Rank 0: a new run starts; nothing is sent yet."""
-    global _SENT_INPUTS
-    _SENT_INPUTS = False
+def receive(info: DistInfo) -> tuple[str, Any, Any]:
+    """A rank other than 0: rank 0's message about the next run (kind, tensors or detail, normaliser)."""
+    return _broadcast([None], info)[0]

@@ -189,14 +189,17 @@ class Trainer:
         describe_step: Callable[[dict[str, float]], None] | None = None,
         on_log: Callable[[list[dict[str, Any]]], None] | None = None,
         restart_damaged: bool = False,
+        dist: ddp.DistInfo | None = None,
     ) -> None:
-        """``on_log(rows)`` receives every batch of rows written to curves.jsonl (host values; trackers)."""
-        self.dist = ddp.current()
-        self.writer = ddp.is_writer()  # only rank 0 of a distributed run writes files
+        """``on_log(rows)`` receives every batch of rows written to curves.jsonl (host values; trackers).
+
+        ``dist``: this process's place in a distributed run (None for a one-process run); every rank
+        builds its trainer the same way, and only rank 0 writes files.
+        """
+        self.dist = dist
+        self.writer = dist is None or dist.is_writer
         if self.dist is not None:
             ddp.check_batch_split(settings.labeled_batch, settings.unlabeled_batch, method.uses_unlabeled, self.dist)
-            if self.dist.rank == 0:
-                ddp.send_inputs(data, normaliser)
         self.method = method.to(device)
         self.s = settings
         self.data = data
@@ -285,7 +288,7 @@ class Trainer:
             "best_step": self.best_step,
         }
         if self.dist is not None:  # every rank's RNG streams, so that a resumed distributed run continues exactly
-            state["rng_ranks"] = ddp.gather_objects(state["rng"])
+            state["rng_ranks"] = ddp.gather_objects(state["rng"], self.dist)
         return state
 
     def kept_text(self) -> str:
@@ -502,7 +505,7 @@ class Trainer:
             extra.update(
                 world_size=self.dist.world_size,
                 sync_batchnorm=self.dist.sync_bn,
-                replicas_identical=ddp.parameters_identical(self.method),
+                replicas_identical=ddp.parameters_identical(self.method, self.dist),
             )
         ips = done / seconds if seconds > 0 and done else 0.0
         return TrainResult(
@@ -530,7 +533,7 @@ class Trainer:
             ]
         )
         # a distributed run logs the mean over ranks: the loss of the global batch
-        stacked = ddp.mean_over_ranks(stacked).cpu().tolist()
+        stacked = ddp.mean_over_ranks(stacked, self.dist).cpu().tolist()
         rows = []
         for (step, lr, _, _), values in zip(window, stacked, strict=True):
             row = {"step": step, "lr": lr, "loss": values[0], **dict(zip(keys, values[1:], strict=True))}
