@@ -48,10 +48,11 @@ def test_built_in_executors_are_registered():
 
 def test_options_reach_the_executor_and_bad_ones_name_the_fix():
     assert build_executor("local", executor_options("local", 3, {}, None)).params.jobs == 3
-    slurm = build_executor("slurm", executor_options("slurm", None, {"partition": "gpu", "time": "2:00:00"}, None))
+    given = {("slurm", "partition"): "gpu", ("slurm", "time"): "2:00:00"}
+    slurm = build_executor("slurm", executor_options("slurm", None, given, None))
     assert slurm.params.partition == "gpu" and parse_time(slurm.params.time) == 120
     with pytest.raises(ExecutorError, match="--slurm-partition is an option of the slurm executor"):
-        executor_options("local", None, {"partition": "gpu"}, None)
+        executor_options("local", None, {("slurm", "partition"): "gpu"}, None)
     with pytest.raises(ConfigError, match="no parameter 'jobs'"):
         build_executor("slurm", executor_options("slurm", 2, {}, None))
     with pytest.raises(ConfigError, match="at least 1"):
@@ -301,3 +302,27 @@ def test_two_jobs_give_the_results_of_one(tmp_path):
     pids = {re.search(r"attempt on \S+ pid (\d+)", (tmp_path / "two" / n / "run.log").read_text())[1] for n in two}
     assert len(pids) == 2  # each run in its own worker process
     assert {s.state for s in status_cmd.collect(tmp_path / "two")} == {"done"}
+
+
+def test_the_slurm_options_of_bench_run_come_from_the_executor(tmp_path, monkeypatch, capsys):
+    """The host names no --slurm-* option: the slurm executor lists them in ``cli_options``."""
+    import inspect
+    import sys
+
+    from harness.cli.app import main
+    from harness.cli.commands.run import run, with_executor_options
+    from harness.execution.executors import executor_flags
+
+    flags = {f.flag: f for f in executor_flags()}
+    assert {"--slurm-partition", "--slurm-gpus-per-job", "--slurm-cpus-per-job", "--slurm-time", "--slurm-mem",
+            "--slurm-extra"} <= set(flags)  # fmt: skip
+    assert flags["--slurm-gpus-per-job"].type is int and flags["--slurm-time"].type is str
+    assert not any(name.startswith("slurm") for name in inspect.signature(run).parameters)
+    names = set(inspect.signature(with_executor_options(run)).parameters)
+    assert "slurm_partition" in names and "executor_values" not in names
+    out = tmp_path / "runs"
+    monkeypatch.setattr(sys, "argv", ["bench", "run", "--slurm-partition", "gpu", "--dry-run", "--out", str(out)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    assert "--slurm-partition is an option of the slurm executor; add --executor slurm" in capsys.readouterr().err

@@ -8,7 +8,11 @@ engine a plugin adds with ``register_executors``. The results directory is the o
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from harness.api import NoParams
@@ -18,11 +22,13 @@ from harness.execution.tasks import ExecutorError, Report, Request
 class Executor(ABC):
     """Trains the runs of a request somewhere. Register one with ``register_executors``.
 
-    ``Params`` is a dataclass of the executor's options; ``bench run --exec-set KEY=VALUE`` (and the
-    built-in ``--jobs`` / ``--slurm-*`` options) fill it.
+    ``Params`` is a dataclass of the executor's options; ``bench run --exec-set KEY=VALUE``, ``--jobs``
+    and the ``--<executor>-<field>`` options the executor lists in ``cli_options`` fill it.
     """
 
     Params: ClassVar[type] = NoParams
+    #: ``Params`` fields ``bench run`` offers as ``--<executor>-<field>`` options (help from the field's comment)
+    cli_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params: Any) -> None:
         self.params = params
@@ -53,18 +59,64 @@ def build_executor(name: str, options: dict[str, Any]) -> Executor:
     return cls(build_params(getattr(cls, "Params", NoParams), options, f"executor {name}"))
 
 
-def executor_options(name: str, jobs: int | None, slurm: dict[str, Any], settings: list[str] | None) -> dict[str, Any]:
-    """The options ``bench run`` gives executor ``name``: ``--jobs``, ``--slurm-*`` and ``--exec-set KEY=VALUE``."""
+@dataclass(frozen=True)
+class ExecutorFlag:
+    """A ``bench run`` option an executor adds for one of its parameters: ``--slurm-partition``."""
+
+    executor: str
+    param: str
+    type: type
+    help: str
+
+    @property
+    def flag(self) -> str:
+        return f"--{self.executor}-{self.param}".replace("_", "-")
+
+    @property
+    def dest(self) -> str:
+        """The Python name of the option (unique over executors)."""
+        return f"{self.executor}_{self.param}".replace("-", "_")
+
+
+def executor_flags() -> list[ExecutorFlag]:
+    """The options every registered executor adds to ``bench run`` (its ``cli_options``)."""
+    from harness.config.params import field_help
+    from harness.plugins import get_registry
+
+    registry = get_registry()
+    flags = []
+    for name in registry.names("executor"):
+        cls = registry.get("executor", name)
+        params = getattr(cls, "Params", NoParams)
+        hints = typing.get_type_hints(params) if dataclasses.is_dataclass(params) else {}
+        helps = field_help(params)
+        for param in getattr(cls, "cli_options", ()):
+            if param not in hints:
+                raise ExecutorError(f"executor {name}: cli_options names {param!r}, which is not a field of its Params")
+            tp = hints[param]
+            if typing.get_origin(tp) in (typing.Union, types.UnionType):  # Optional[X] -> X
+                tp = next(arg for arg in typing.get_args(tp) if arg is not type(None))
+            flags.append(ExecutorFlag(name, param, tp, f"{name}: {helps.get(param, '')}".strip()))
+    return flags
+
+
+def executor_options(
+    name: str, jobs: int | None, flags: dict[tuple[str, str], Any], settings: list[str] | None
+) -> dict[str, Any]:
+    """The options ``bench run`` gives executor ``name``: ``--jobs``, the executors' own options and ``--exec-set``.
+
+    ``flags`` maps (executor, parameter) to the value of that executor's option (None: not given).
+    """
     options: dict[str, Any] = {}
     if jobs is not None:
         options["jobs"] = jobs
-    for key, value in slurm.items():
+    for (owner, param), value in flags.items():
         if value is None:
             continue
-        if name != "slurm":
-            flag = "--slurm-" + key.replace("_", "-")
-            raise ExecutorError(f"{flag} is an option of the slurm executor; add --executor slurm")
-        options[key] = value
+        if owner != name:
+            flag = f"--{owner}-{param}".replace("_", "-")
+            raise ExecutorError(f"{flag} is an option of the {owner} executor; add --executor {owner}")
+        options[param] = value
     for item in settings or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():

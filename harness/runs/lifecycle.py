@@ -479,7 +479,9 @@ def _phases(
     on_prepared: OnPrepared | None = None,
 ) -> None:
     """prepare -> train -> evaluate, each phase's result recorded in run.json (``record``)."""
+    t0 = time.perf_counter()
     fold = load_fold(run.spec, run.image_size, out_dir)
+    load_seconds = round(time.perf_counter() - t0, 3)
     current = freshness.identity(fold.dataset, split_hash(fold.split))
     stale = freshness.changes(resumed_data, current, fold.dataset)
     if stale and not retrain_changed:  # its checkpoint holds training on the old data: never resume onto new data
@@ -490,6 +492,7 @@ def _phases(
         record["retrained"] = {"changes": stale, "previous_data": resumed_data}
         log(f"{run.name}: data changed ({'; '.join(stale)}); training it from scratch ({freshness.RETRAIN_FLAG})")
     prepared = prepare(run, out_dir, device, log, registry, fold=fold)
+    prepared.facts["data"]["load_seconds"] = load_seconds
     record.update(prepared.facts)
     if on_prepared is not None:
         on_prepared(prepared.inputs, prepared.normaliser)

@@ -1,9 +1,10 @@
 """One run on several processes (GPUs) with DistributedDataParallel: NCCL on CUDA, gloo on the CPU.
 
 Roles: rank 0 is the run's only writer. It executes the run as a one-process run would (lock,
-run.json, data, generator, validation, checkpoints, curves, test evaluation); inside its
-:class:`harness.training.engine.Trainer` it sends the training tensors to the other ranks, which build the
-same method and train in lockstep without touching the results directory. Before each run rank 0
+run.json, data, generator, validation, checkpoints, curves, test evaluation); after the lifecycle's
+prepare phase it sends the training tensors to the other ranks, which build the same method and
+trainer (:func:`harness.runs.lifecycle.build_trainer`, given their :class:`DistInfo`) and train in
+lockstep without touching the results directory. Before each run rank 0
 sends one message per run: the training inputs, or ``skip`` (done already / locked elsewhere), or
 ``abort`` (it failed before training), so that no rank waits for a run that will not train.
 

@@ -224,6 +224,8 @@ class SlurmExecutor(Executor):
     """Submits each run as a task of one Slurm job array (see the module docstring)."""
 
     Params = SlurmParams
+    #: offered by ``bench run`` as --slurm-partition, --slurm-gpus-per-job, ... (the rest: --exec-set)
+    cli_options = ("partition", "gpus_per_job", "cpus_per_job", "time", "mem", "extra")
 
     def submit(self, request: Request) -> Report:
         p = self.params

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +15,7 @@ from rich.table import Table
 
 from harness.cli import options
 from harness.config.presets import resolve_preset
-from harness.execution.executors import build_executor, executor_options
+from harness.execution.executors import build_executor, executor_flags, executor_options
 from harness.execution.tasks import Request, finish
 from harness.plugins import get_registry
 from harness.runs.grid import expand, load_suite, split_list
@@ -120,12 +123,6 @@ def run(
     gpus: int = typer.Option(1, "--gpus", min=1, help="Processes (GPUs) per run; > 1 trains each run with DDP."),
     sync_bn: bool = typer.Option(None, "--sync-bn/--no-sync-bn", help="SyncBatchNorm with --gpus > 1 (default: CUDA)."),
     wait: bool = typer.Option(False, "--wait", help="Block until submitted runs have finished (slurm)."),
-    slurm_partition: str = typer.Option(None, "--slurm-partition", help="slurm: partition to submit to."),
-    slurm_gpus_per_job: int = typer.Option(None, "--slurm-gpus-per-job", help="slurm: GPUs per job (default --gpus)."),
-    slurm_cpus_per_job: int = typer.Option(None, "--slurm-cpus-per-job", help="slurm: CPUs per job."),
-    slurm_time: str = typer.Option(None, "--slurm-time", help="slurm: time limit per attempt, e.g. 4:00:00."),
-    slurm_mem: str = typer.Option(None, "--slurm-mem", help="slurm: memory per job, e.g. 32G."),
-    slurm_extra: str = typer.Option(None, "--slurm-extra", help="slurm: more sbatch options, e.g. '--qos=high'."),
     exec_set: list[str] = typer.Option(None, "--exec-set", help="KEY=VALUE option of the executor (docs/scaling.md)."),
     tracker: str = typer.Option(
         None, "--tracker", help="Experiment trackers each run feeds: tensorboard, mlflow (comma list); off by default."
@@ -139,6 +136,7 @@ def run(
     restart_damaged: bool = typer.Option(
         False, "--restart-damaged", help="Move a damaged checkpoints/latest.pt aside and train that run from scratch."
     ),
+    executor_values: dict[tuple[str, str], Any] | None = None,
 ) -> None:
     """Train and evaluate every run of a grid; finished runs are skipped, interrupted ones resume."""
     fold, fold_flag = options.either(fold, "--fold", folds_alias, "--folds")
@@ -153,9 +151,7 @@ def run(
             raise typer.BadParameter(f"--metrics {metrics_alias!r}: bench run only knows --published-metrics")
         published_metrics = True
     console = Console(quiet=not ddp.env_rank_zero())  # under torchrun, rank 0 speaks for all
-    slurm = {"partition": slurm_partition, "gpus_per_job": slurm_gpus_per_job, "cpus_per_job": slurm_cpus_per_job,
-             "time": slurm_time, "mem": slurm_mem, "extra": slurm_extra}  # fmt: skip
-    runner = build_executor(executor, executor_options(executor, jobs, slurm, exec_set))
+    runner = build_executor(executor, executor_options(executor, jobs, executor_values or {}, exec_set))
     trackers = check_tracker_choice(parse_tracker_choice(tracker, tracker_set), get_registry(), console.print)
     cuda = resolve_device(device).type == "cuda"
     base: dict[str, Any] = {
@@ -231,5 +227,34 @@ def run(
     finish(runner.submit(request), out, console.print)
 
 
+def with_executor_options(command: Callable[..., None]) -> Callable[..., None]:
+    """``command`` with every registered executor's own options (``--slurm-partition`` ...) added.
+
+    The executors declare them (``Executor.cli_options``); their values reach ``command`` as
+    ``executor_values``, {(executor, parameter): value}.
+    """
+    flags = executor_flags()
+    signature = inspect.signature(command)
+    hints = typing.get_type_hints(command)
+
+    def run_command(**kwargs: Any) -> None:
+        values = {(f.executor, f.param): kwargs.pop(f.dest) for f in flags}
+        command(**kwargs, executor_values=values)
+
+    params = [p for name, p in signature.parameters.items() if name != "executor_values"]
+    params += [
+        inspect.Parameter(f.dest, inspect.Parameter.KEYWORD_ONLY, default=typer.Option(None, f.flag, help=f.help),
+                          annotation=f.type)
+        for f in flags
+    ]  # fmt: skip
+    run_command.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    run_command.__annotations__ = {
+        **{k: v for k, v in hints.items() if k not in ("executor_values", "return")},
+        **{f.dest: f.type for f in flags},
+    }
+    run_command.__doc__, run_command.__name__ = command.__doc__, command.__name__
+    return run_command
+
+
 def register(app: typer.Typer) -> None:
-    app.command("run")(run)
+    app.command("run")(with_executor_options(run))
