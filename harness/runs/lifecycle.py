@@ -142,10 +142,15 @@ class Fold:
     parts: FoldParts
 
 
-def load_fold(spec: RunSpec, image_size: int, out_dir: Path, *, labeled: float | None = None) -> Fold:
-    """dataset -> split -> fold: the chain every consumer of a fold goes through (``bench generate`` too)."""
+def load_fold(
+    spec: RunSpec, image_size: int, out_dir: Path, *, labeled: float | None = None, save_split: bool = True
+) -> Fold:
+    """dataset -> split -> fold: the chain every consumer of a fold goes through (``bench generate`` too).
+
+    ``labeled`` replaces the spec's labeled fraction; ``save_split=False`` keeps a split made here in memory.
+    """
     dataset = load_run_dataset(spec, image_size)
-    split, split_path = split_for(spec, dataset, out_dir)
+    split, split_path = split_for(spec, dataset, out_dir, save=save_split)
     parts = fold_parts(split, spec.fold, spec.labeled if labeled is None else labeled, spec.draw)
     return Fold(dataset, split, split_path, parts)
 
@@ -186,24 +191,34 @@ def fold_facts(fold: Fold) -> dict[str, Any]:
 
 
 def generator_pool(
-    run: ResolvedRun, fold: Fold, out_dir: Path, device: torch.device, log: Log, registry: Registry, n: int
+    name: str,
+    params: Any,
+    fold: Fold,
+    *,
+    n: int,
+    seed: int,
+    image_size: int,
+    cache_root: Path,
+    device: torch.device,
+    log: Log,
+    registry: Registry | None = None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """``n`` synthetic images of the run's generator, fitted on the fold's training images (or reused)."""
+    """``n`` synthetic images of generator ``name``, fitted on the fold's training images (or reused from the cache)."""
+    registry = registry or get_registry()
     dataset, parts = fold.dataset, fold.parts
     train_idx = dataset.index(parts.labeled) + dataset.index(parts.unlabeled)
-    name = run.config["generator"]
     return synthetic_pool(
         name,
         registry.get("generator", name),
-        run.generator_params,
+        params,
         images=dataset.images[train_idx],
         ids=[dataset.ids[i] for i in train_idx],
         content_hashes=dataset.content_hashes,
         strata=[dataset.strata[i] for i in train_idx],
         n=n,
-        seed=run.spec.seed,
-        image_size=run.image_size,
-        cache_root=out_dir / "generators",
+        seed=seed,
+        image_size=image_size,
+        cache_root=cache_root,
         device=device,
         log=log,
     )
@@ -233,7 +248,10 @@ def prepare(
     if cfg["generator"] != "none":
         want = cfg["n_synthetic"]
         n = {"train": len(lab_idx) + len(unl_idx), "unlabeled": len(unl_idx)}.get(want, want)
-        synthetic, facts["generator"] = generator_pool(run, fold, out_dir, device, log, registry, n)
+        synthetic, facts["generator"] = generator_pool(
+            cfg["generator"], run.generator_params, fold, n=n, seed=spec.seed, image_size=run.image_size,
+            cache_root=out_dir / "generators", device=device, log=log, registry=registry,
+        )  # fmt: skip
         pools.append(synthetic)
     unlabeled = torch.cat(pools) if pools else dataset.images[:0]
     facts["data"]["n_unlabeled_total"] = int(unlabeled.shape[0])

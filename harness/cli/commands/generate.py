@@ -20,13 +20,14 @@ from harness.api import params_dict, resolve_params
 from harness.cli import options
 from harness.config.params import ConfigError, parse_overrides
 from harness.config.presets import get_preset, resolve_preset
-from harness.data.datasets import atomic_write_bytes, load_dataset
-from harness.data.splits import fold_parts, load_split, make_split
+from harness.data.datasets import DataError, atomic_write_bytes
 from harness.errors import UserError
 from harness.generation.memorisation import fid, fidelity_report, memorisation
-from harness.generation.pool import default_pool_size, synthetic_pool
+from harness.generation.pool import default_pool_size
 from harness.plugins import get_registry
 from harness.reporting.nearest import write_nearest_pairs
+from harness.runs.lifecycle import generator_pool, load_fold
+from harness.runs.resolve import RunSpec
 from harness.runs.store import atomic_write_json
 from harness.training.device import resolve_device
 
@@ -159,23 +160,24 @@ def generate(
     if inception is not None and not inception.is_file():
         raise UserError(f"--inception {inception}: no such file; pass a local Inception-v3 state-dict file")
 
-    dataset = load_dataset(data, image_size=size)
-    the_split = load_split(split, dataset) if split else make_split(dataset, protocol="kfold", k=k, seed=0)
-    parts = fold_parts(the_split, fold, 1.0, 0)
+    if split is not None and not split.is_file():
+        raise DataError(f"split file {split} does not exist; make one with `bench split`")
+    # the fold and its pool come from the lifecycle's prepare phase, as in bench run (a split made here stays in memory)
+    spec = RunSpec(data=data, fold=fold, k=k, split_file=str(split) if split else None)
+    the_fold = load_fold(spec, size, out, labeled=1.0, save_split=False)
+    dataset, parts = the_fold.dataset, the_fold.parts
     train_ids = parts.labeled + parts.unlabeled
     heldout_ids = list(dict.fromkeys(parts.val + parts.test))
-    train_idx = dataset.index(train_ids)
-    train_images = dataset.images[train_idx]
+    train_images = dataset.images[dataset.index(train_ids)]
     heldout_images = dataset.images[dataset.index(heldout_ids)]
     count = default_pool_size(params, len(train_ids)) if n is None else n
     if count < 1:
         raise UserError(f"--n {count}: ask for at least one synthetic image")
 
     out.mkdir(parents=True, exist_ok=True)
-    samples, info = synthetic_pool(
-        generator, generator_cls, params, images=train_images, ids=train_ids,
-        content_hashes=dataset.content_hashes, strata=[dataset.strata[i] for i in train_idx], n=count, seed=seed,
-        image_size=size, cache_root=cache_dir or out / "generators", device=dev, log=console.print,
+    samples, info = generator_pool(
+        generator, params, the_fold, n=count, seed=seed, image_size=size, cache_root=cache_dir or out / "generators",
+        device=dev, log=console.print, registry=registry,
     )  # fmt: skip
 
     console.print(f"scoring {count} samples against {len(train_ids)} training and {len(heldout_ids)} held-out images")
