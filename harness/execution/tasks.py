@@ -143,8 +143,8 @@ def finish(report: Report, out_dir: Path, log: Log) -> None:
     if report.failed:
         first = next(iter(report.failed.items()))
         raise ExecutorError(
-            f"{len(report.failed)} run(s) failed, first {first[0]}: {first[1]}. "
-            f"See `bench status {out_dir}` and each run's {LOG_FILE}; rerunning resumes them."
+            f"{len(report.failed)} run(s) failed, first {first[0]}: {first[1].rstrip('.')}. "
+            f"See `bench status {out_dir}` and each run's {LOG_FILE}; rerunning resumes interrupted runs."
         )
 
 
