@@ -1,4 +1,4 @@
-"""Where each run of a results directory stands: done, running, queued, failed or not started."""
+"""Where each run of a results directory stands: done, running, queued, interrupted, failed or not started."""
 
 from __future__ import annotations
 
