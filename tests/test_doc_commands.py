@@ -54,7 +54,7 @@ HOW: dict[str, tuple[str, str]] = {
         "dry-run",
         LONG,
     ),
-    "bench run --suite benchmarks/busi-paper.toml --dry-run": ("slow", "plans the paper's whole grid (~1 s)"),
+    "bench run --suite benchmarks/busi-paper.toml --data ~/BUSI --dry-run": ("slow", "plans the paper's grid (~1 s)"),
     "bench table runs/ --significance": ("slow", "bootstrap intervals and tests (~1.5 s)"),
     "bench table runs/ --format latex": ("slow", "bootstrap intervals (~1.5 s)"),
     "bench plot runs/ --out figures/": ("slow", "draws every figure with matplotlib (~10 s)"),

@@ -128,7 +128,7 @@ def test_a_cancelled_job_resubmitted_resumes_from_its_checkpoint(cluster, local_
     subprocess.run(["scancel", job], check=True)
     _wait_for(lambda: job not in _squeue().split(), "the cancelled job to leave the queue", timeout=120)
     (state,) = collect(run_dir.parent)
-    assert state.state == "failed" and "SIGTERM" in state.detail and state.step < 500
+    assert state.state == "interrupted" and "SIGTERM" in state.detail and state.step < 500
     assert "stopped by SIGTERM" in (run_dir / "run.log").read_text()
     _bench([*LONG, *SLURM, "--out", str(run_dir.parent), "--wait"], tmp_path)
     new_job = _job(run_dir)
