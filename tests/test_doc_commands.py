@@ -184,8 +184,15 @@ def _sandbox(root: Path, command: str) -> None:
         (root / f"{name}.py").write_text(f'"""Plugin {name}: registers nothing."""\n')
 
 
-def run_documented(command: str, root: Path, monkeypatch: pytest.MonkeyPatch, extra: tuple[str, ...] = ()) -> None:
-    """Run ``command`` as a shell would in ``root`` (env assignments, ``~``), in-process."""
+def run_documented(command: str, tmp: Path, monkeypatch: pytest.MonkeyPatch, extra: tuple[str, ...] = ()) -> None:
+    """Run ``command`` as a shell would in a checkout ``tmp/repo`` (env assignments, ``~``), in-process.
+
+    The suites name ``../shared/data/busi`` as the developers' checkouts see it: a tiny dataset stands there.
+    """
+    root = tmp / "repo"
+    root.mkdir()
+    if "busi" in command:
+        tiny_folder(tmp / "shared" / "data" / "busi")
     _sandbox(root, command)
     monkeypatch.chdir(root)
     monkeypatch.setenv("HOME", str(root / "home"))
