@@ -144,6 +144,9 @@ class StepContext:
     ramp: Callable[[float], float]
     augment: Augmenter
     generator: torch.Generator | None = None
+    #: std of the normalised training inputs (1 under z-score); scale input-space noise by it so that
+    #: a published-code recipe's noise keeps its size relative to the image under other normalisations
+    input_scale: float = 1.0
 
 
 @dataclass

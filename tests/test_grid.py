@@ -41,8 +41,20 @@ def test_presets_reach_component_parameters():
     quick = resolve(RunSpec(ssl="mgcc", backbone="cmunet", preset="quick"))
     paper = resolve(RunSpec(ssl="mgcc", backbone="cmunet", preset="paper"))
     assert quick.config["backbone_params"]["dim_mult"] == 1 and paper.config["backbone_params"]["dim_mult"] == 4
-    assert paper.settings.iterations == 20000 and paper.settings.ramp_horizon == "published"
+    assert paper.settings.ramp_horizon == "published" and paper.settings.precision == "fp32"
     assert quick.settings.ramp_horizon == "scaled" and quick.image_size == 64
+
+
+@pytest.mark.parametrize(("labeled", "expected"), [(0.25, 10000), (0.5, 20000), (0.125, 5000), (0.1, 4000)])
+def test_paper_preset_trains_int_40000_times_the_labeled_fraction(labeled: float, expected: int) -> None:
+    """The published train.py: max_iterations = int(40000 * semi_percent); --iterations still wins."""
+    paper = resolve(RunSpec(ssl="mgcc", preset="paper", labeled=labeled))
+    assert paper.settings.iterations == expected == paper.config["train"]["iterations"]
+    assert "int(40000 x labeled" in paper.iterations_rule and "published train.py" in paper.iterations_rule
+    given = resolve(RunSpec(ssl="mgcc", preset="paper", labeled=labeled, iterations=123))
+    assert given.settings.iterations == 123 and "explicitly" in given.iterations_rule
+    medium = resolve(RunSpec(ssl="mgcc", preset="medium", labeled=labeled))
+    assert medium.settings.iterations == 2500 and medium.iterations_rule == "the preset's value"
 
 
 @pytest.mark.parametrize(
@@ -101,3 +113,16 @@ def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path):
     assert result.exit_code == 0, result.output
     assert "--dry-run: stopping here" in result.output and "run(s) to train" in result.output
     assert not out.exists()
+
+
+def test_paper_dry_run_plans_the_published_iterations(tmp_path):
+    from harness.cli.app import app, build_app
+
+    build_app([])
+    result = CliRunner().invoke(
+        app, ["run", "--preset", "paper", "--labeled", "0.25", "--folds", "0", "--dry-run", "--out", str(tmp_path)],
+        terminal_width=200,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "T = 10000: int(40000 x labeled 0.25), the published train.py rule" in result.output
+    assert "│ 10000 │" in result.output

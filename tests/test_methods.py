@@ -244,6 +244,27 @@ def test_mean_teacher_consistency_is_gated_before_its_start() -> None:
     assert late.logs["consistency_weight"] > 0.0
 
 
+def test_mean_teacher_input_noise_keeps_its_size_relative_to_the_input() -> None:
+    """SSL4MIS adds N(0, 0.1) clamped to +-0.2 to unit-scale inputs; under the published normalisation
+    (inputs at about +-0.01) the same noise, scaled by the inputs' std, keeps that size relative to the image."""
+    import dataclasses
+
+    from harness.data.normalize import fit_normaliser
+
+    images = torch.randint(0, 256, (8, 1, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    method = build("mean-teacher")
+    relative = {}
+    for mode, channels in (("zscore", 1), ("published", 3)):
+        normaliser = fit_normaliser(mode, channels, images)
+        x = normaliser(images)
+        ctx = dataclasses.replace(make_context(0, 10), input_scale=normaliser.input_std)
+        noise = method.teacher_input(x, ctx) - x
+        assert float(noise.abs().max()) <= 0.2 * normaliser.input_std * (1 + 1e-5)
+        relative[mode] = float(noise.std() / x.std())
+    assert relative["zscore"] == pytest.approx(0.096, abs=0.005)  # N(0, 0.1) clamped at 2 sigma
+    assert relative["published"] == pytest.approx(relative["zscore"], rel=0.05)
+
+
 def test_mean_teacher_evaluates_the_student_unless_asked_for_the_teacher() -> None:
     method = build("mean-teacher")
     assert method.inference_network() is method.student

@@ -28,6 +28,8 @@ class Preset:
     #: synthetic images per fold; None: as many as the fold's training images
     n_synthetic: int | str | None
     precision: str
+    #: T = int(iterations x labeled fraction), as the published train.py (max_iterations x semi_percent)
+    iterations_times_labeled: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready values (recorded in run.json)."""
@@ -61,17 +63,20 @@ PRESETS: dict[str, Preset] = {
         n_synthetic=None,
         precision="fp32",
     ),
-    # The published default run: 256², published widths, T = 20,000, published ramp horizon.
+    # The published run: 256², published widths, published ramp horizon, fp32 as the published code
+    # trains (bf16 is --precision bf16). T follows train.py line 110: int(40000 x labeled fraction),
+    # so 10,000 at 1/4 and 20,000 at 1/2 (see preset_iterations).
     "paper": Preset(
         name="paper",
         image_size=256,
-        iterations=20000,
+        iterations=40000,
         val_every=500,
         checkpoint_every=1000,
         ramp_horizon="published",
         folds=None,
         n_synthetic=None,
-        precision="bf16",
+        precision="fp32",
+        iterations_times_labeled=True,
     ),
 }
 
@@ -81,6 +86,18 @@ def get_preset(name: str) -> Preset:
     if name not in PRESETS:
         raise UserError(f"unknown preset {name!r}; use one of auto, {', '.join(PRESETS)}")
     return PRESETS[name]
+
+
+def preset_iterations(preset: Preset, labeled: float) -> tuple[int, str]:
+    """T for a labeled fraction, and the rule that gave it (written into the plan and run.json).
+
+    Presets with ``iterations_times_labeled`` follow the published train.py: ``max_iterations`` 40000
+    times ``semi_percent``, truncated to an integer.
+    """
+    if preset.iterations_times_labeled:
+        iterations = int(preset.iterations * labeled)
+        return iterations, f"int({preset.iterations} x labeled {labeled:g}), the published train.py rule"
+    return preset.iterations, "the preset's value"
 
 
 def resolve_preset(name: str, cuda: bool) -> str:

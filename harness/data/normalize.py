@@ -41,14 +41,24 @@ class Normaliser:
             return ((x / 255.0 - mean) / std) / 255.0
         raise ValueError(f"unknown normalisation {self.mode!r}; use zscore or published")
 
+    @property
+    def input_std(self) -> float:
+        """The std of the normalised training images, in network-input units (what "one unit" of
+        input noise should be scaled by): 1 under ``zscore``; under ``published`` the fitted pixel
+        std through ImageNet Normalize and the second /255 (about 0.004 on BUSI)."""
+        if self.mode == "published":
+            return float(sum(self.std / 255.0 / s for s in IMAGENET_STD) / len(IMAGENET_STD) / 255.0)
+        return 1.0
+
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def fit_normaliser(mode: NormMode, in_channels: int, images: torch.Tensor) -> Normaliser:
-    """A normaliser whose z-score statistics come from ``images`` (uint8, N x 1 x H x W)."""
-    if mode == "published":
-        return Normaliser(mode, in_channels)
+    """A normaliser whose statistics come from ``images`` (uint8, N x 1 x H x W).
+
+    ``published`` does not use them to normalise; it keeps them for :attr:`Normaliser.input_std`.
+    """
     x = images.float()
     std = float(x.std())
     return Normaliser(mode, in_channels, mean=float(x.mean()), std=std if std > 0 else 1.0)

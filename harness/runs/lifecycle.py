@@ -408,6 +408,7 @@ def execute(
             "config": cfg,
             "defaults": run.defaults,
             "spec": dataclasses.asdict(spec),  # what was asked: harness.runs.replay rebuilds the command from it
+            "iterations_rule": run.iterations_rule,
             "started": started,
             "device": str(device),
             "device_name": describe_device(device),

@@ -18,7 +18,7 @@ from typing import Any
 
 from harness.api import SSLMethod, build_method, params_dict, resolve_params
 from harness.config.params import ConfigError, coerce_value
-from harness.config.presets import Preset, get_preset
+from harness.config.presets import Preset, get_preset, preset_iterations
 from harness.plugins import Registry, get_registry
 from harness.runs.checks import canonical, check_data, check_model, check_scopes, check_settings, check_split
 from harness.training.engine import TrainSettings
@@ -179,6 +179,8 @@ class ResolvedRun:
     run_id: str
     #: default values of every setting and parameter for this run's preset and components (run.json ``defaults``)
     defaults: dict[str, Any] = field(default_factory=dict)
+    #: how T was chosen (a preset value, the published rule int(40000 x fraction), or given)
+    iterations_rule: str = ""
 
     @property
     def name(self) -> str:
@@ -258,6 +260,11 @@ def resolve(spec: RunSpec, registry: Registry | None = None) -> ResolvedRun:
         raise ConfigError("--labeled-batch-size and the unlabeled batch must both be at least 1")
     image_size = _or_preset(spec, preset, "image_size")
     settings = train_settings(spec, preset)
+    iterations, iterations_rule = preset_iterations(preset, spec.labeled)
+    if spec.iterations is not None:
+        iterations_rule = "set explicitly (--iterations or the suite)"
+    else:
+        settings = dataclasses.replace(settings, iterations=iterations)
     if settings.precision not in ("bf16", "fp32"):
         raise ConfigError(f"--precision {settings.precision!r}: use bf16 or fp32")
     if settings.ramp_horizon not in ("published", "scaled"):
@@ -313,6 +320,7 @@ def resolve(spec: RunSpec, registry: Registry | None = None) -> ResolvedRun:
         config=config,
         run_id=run_id_of(config),
         defaults=defaults,
+        iterations_rule=iterations_rule,
     )
 
 

@@ -419,6 +419,7 @@ class Trainer:
             ramp=lambda w: consistency_weight(w, step, s.iterations, s.ramp_horizon, s.ramp_fraction),  # type: ignore[arg-type]
             augment=self.augment,
             generator=self.generator,
+            input_scale=self.normaliser.input_std,
         )
 
     def validate(self) -> dict[str, float]:

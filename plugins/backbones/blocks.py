@@ -19,7 +19,7 @@ was 10-50x slower than a grouped convolution. Together these dominated a bf16 tr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -209,10 +209,14 @@ class DecoderStage(nn.Module):
 class UNetEncoder(nn.Module):
     """Double-conv stages with 2x2 max-pooling between them; returns every stage's output."""
 
-    def __init__(self, in_channels: int, widths: Sequence[int]) -> None:
+    def __init__(
+        self, in_channels: int, widths: Sequence[int], stage: Callable[[int, int, int], nn.Module] | None = None
+    ) -> None:
+        """``stage(level, in_channels, out_channels)`` builds each stage (default :class:`DoubleConv`)."""
         super().__init__()
         chans = [in_channels, *widths]
-        self.stages = nn.ModuleList(DoubleConv(chans[i], chans[i + 1]) for i in range(len(widths)))
+        make = stage or (lambda _level, cin, cout: DoubleConv(cin, cout))
+        self.stages = nn.ModuleList(make(i, chans[i], chans[i + 1]) for i in range(len(widths)))
 
     def forward(self, x: torch.Tensor) -> Features:
         features = []

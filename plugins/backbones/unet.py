@@ -1,8 +1,11 @@
 """``unet``: the plain U-Net (double 3x3 conv + BN + ReLU, 2x2 max-pool, up-sampling + conv, skips).
 
-``width`` 16 gives the SSL4MIS-sized 16-256 channel U-Net, ``width`` 64 the 64-1024 U-Net of the
-MGCC paper's baselines. ``context_lengths`` optionally adds ConvMixer blocks at the bottleneck so
-that multi-level methods (MGCC) can run on a U-Net too.
+``width`` 64 gives the 64-1024 U-Net of the MGCC paper's baselines. ``style = "ssl4mis"`` builds
+SSL4MIS's own U-Net instead (:mod:`plugins.backbones.ssl4mis_unet`: LeakyReLU, encoder dropout
+0.05-0.5, 1x1 conv + bilinear or transposed-conv up-sampling, 3x3 head); with ``width`` 16 it is the
+16-256 network SSL4MIS's baselines train (``--set backbone.style=ssl4mis --set backbone.width=16``).
+``context_lengths`` optionally adds ConvMixer blocks at the bottleneck so that multi-level methods
+(MGCC) can run on a U-Net too.
 """
 
 from __future__ import annotations
@@ -15,11 +18,18 @@ from torch import nn
 from harness.api import Backbone
 from harness.hookspecs import hookimpl
 from plugins.backbones.blocks import UNetDecoder, UNetEncoder, context_blocks
+from plugins.backbones.ssl4mis_unet import UPSAMPLING, SSL4MISDecoder, ssl4mis_encoder
+
+STYLES = ("plain", "ssl4mis")
 
 
 @dataclass
 class UNetParams:
-    """Plain U-Net settings: base width (channels double at each of the 5 levels) and optional context."""
+    """U-Net settings: base width (channels double at each of the 5 levels), style, optional context.
+
+    ``style``: ``plain`` (ReLU, nearest up-sampling + conv, 1x1 head) or ``ssl4mis`` (SSL4MIS's
+    network); ``upsampling`` applies to ``ssl4mis`` only: ``bilinear`` (SSL4MIS's UNet) or ``transpose``.
+    """
 
     #: channels of the first level; they double at each of the 5 levels
     width: int = 16
@@ -27,8 +37,14 @@ class UNetParams:
     context_lengths: tuple[int, ...] = ()
     #: depthwise kernel size of the context blocks (odd)
     kernel: int = 7
+    style: str = "plain"
+    upsampling: str = "bilinear"
 
     def __post_init__(self) -> None:
+        if self.style not in STYLES:
+            raise ValueError(f"style {self.style!r}: use one of {', '.join(STYLES)}")
+        if self.upsampling not in UPSAMPLING:
+            raise ValueError(f"upsampling {self.upsampling!r}: use one of {', '.join(UPSAMPLING)}")
         if self.width < 1:
             raise ValueError(f"width must be >= 1, got {self.width}")
         if any(n < 1 for n in self.context_lengths):
@@ -53,11 +69,14 @@ class UNet(Backbone):
         self.params = params = params or UNetParams()
         self.out_channels = out_channels
         self.widths = [params.width * 2**i for i in range(5)]
-        self.encoder = UNetEncoder(in_channels, self.widths)
+        ssl4mis = params.style == "ssl4mis"
+        self.encoder = ssl4mis_encoder(in_channels, self.widths) if ssl4mis else UNetEncoder(in_channels, self.widths)
         self.context = context_blocks(self.widths[-1], params.context_lengths, params.kernel)
         self.decoder = self.new_decoder()
 
     def new_decoder(self) -> nn.Module:
+        if self.params.style == "ssl4mis":
+            return SSL4MISDecoder(self.widths, self.out_channels, self.params.upsampling)
         return UNetDecoder(self.widths, self.out_channels, gates=False)
 
 

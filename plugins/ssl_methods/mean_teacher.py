@@ -2,7 +2,10 @@
 
 The student sees the labeled and unlabeled batch in one forward pass; the teacher, an EMA of the
 student that receives no gradient, sees the unlabeled batch plus clamped Gaussian noise, in train
-mode (as published: its batch norm uses batch statistics). Consistency is the MSE of sigmoid
+mode (as published: its batch norm uses batch statistics). The noise, N(0, 0.1) clamped to +-0.2 in
+SSL4MIS on unit-scale inputs, is scaled by the std of the normalised inputs (``ctx.input_scale``): 1
+under z-score, so unchanged there; about 0.004 under ``--normalisation published``, whose inputs lie
+at about +-0.01 and which the unscaled noise would swamp. Consistency is the MSE of sigmoid
 probabilities, weight ``consistency`` x ramp, held at 0 before ``consistency_start`` iterations.
 """
 
@@ -61,10 +64,11 @@ class MeanTeacher(SSLMethod):
             p.requires_grad_(False)
 
     def teacher_input(self, unlabeled: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        """The unlabeled images plus Gaussian noise (sigma ``noise_std``, clamped to +-``noise_clip``)."""
+        """The unlabeled images plus Gaussian noise (sigma ``noise_std``, clamped to +-``noise_clip``), both
+        in units of the input's std (``ctx.input_scale``)."""
         p = self.params
         noise = draw_normal(unlabeled.shape, unlabeled, ctx.generator) * p.noise_std
-        noise = noise.clamp(-p.noise_clip, p.noise_clip)
+        noise = noise.clamp(-p.noise_clip, p.noise_clip) * ctx.input_scale
         return unlabeled + noise.to(unlabeled.dtype)
 
     def consistency_weight(self, ctx: StepContext) -> float:
@@ -108,6 +112,8 @@ class MeanTeacher(SSLMethod):
             "evaluated_network": self.params.eval,
             "consistency_start": self.params.consistency_start,
             "teacher_mode": "train (batch statistics), as SSL4MIS",
+            "teacher_noise": f"N(0, {self.params.noise_std}) clamped to +-{self.params.noise_clip}, times the std of "
+            "the normalised inputs (1 under zscore)",
         }
 
 

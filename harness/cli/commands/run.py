@@ -212,6 +212,8 @@ def run(
         runs = expand(base, axes, set_ or [], flags=flags)
     table, todo = _plan_table(runs, out)
     console.print(table)
+    for rule in dict.fromkeys(f"T = {r.config['train']['iterations']}: {r.iterations_rule}" for r in runs):
+        console.print(rule)
     eta = _eta_seconds(runs, out)
     console.print(
         f"{todo} of {len(runs)} run(s) to train; ETA "
