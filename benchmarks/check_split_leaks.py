@@ -3,7 +3,9 @@
 For every fold, counts the test images that have a near-duplicate in the same fold's train or val
 part (or, with an ``unlabeled/`` folder, among the unlabeled images the fold would train on). The
 descriptor is deliberately not segbench's: a difference hash of the whole full-resolution file
-(grey, Lanczos-resized to 17 x 16, 256 bits), near-duplicates at Hamming distance <= 20.
+(grey, resized to 17 x 16, 256 bits), near-duplicates at Hamming distance <= 20. The result of
+such a hash depends on the resampling filter, so a pair counts when any of PIL's filters (nearest,
+box, bilinear, Hamming, bicubic, Lanczos) puts it within the threshold.
 
     python benchmarks/check_split_leaks.py ../shared/data/busi SPLIT.json [--threshold 20] [--json]
 
@@ -23,15 +25,27 @@ from PIL import Image
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
-def file_dhash(path: Path) -> np.ndarray:
-    """256-bit difference hash of the whole file: grey, 17 x 16 Lanczos, right neighbour brighter."""
+FILTERS = ("NEAREST", "BOX", "BILINEAR", "HAMMING", "BICUBIC", "LANCZOS")
+
+
+def file_dhashes(path: Path) -> list[np.ndarray]:
+    """256-bit difference hashes of the whole file (grey, 17 x 16, right neighbour brighter), one per filter."""
     with Image.open(path) as image:
-        small = np.asarray(image.convert("L").resize((17, 16), Image.Resampling.LANCZOS), np.int16)
-    return (small[:, 1:] > small[:, :-1]).ravel()
+        grey = image.convert("L")
+        out = []
+        for name in FILTERS:
+            small = np.asarray(grey.resize((17, 16), getattr(Image.Resampling, name)), np.int16)
+            out.append((small[:, 1:] > small[:, :-1]).ravel())
+    return out
 
 
-def hashes_of(folder: Path) -> dict[str, np.ndarray]:
-    return {p.stem: file_dhash(p) for p in sorted(folder.iterdir()) if p.suffix.lower() in EXTENSIONS}
+def hashes_of(folder: Path) -> dict[str, list[np.ndarray]]:
+    return {p.stem: file_dhashes(p) for p in sorted(folder.iterdir()) if p.suffix.lower() in EXTENSIONS}
+
+
+def min_distance(a: list[list[np.ndarray]], b: list[list[np.ndarray]]) -> np.ndarray:
+    """len(a) x len(b) smallest Hamming distance over the filters (same filter on both sides)."""
+    return np.min([hamming(np.stack([x[f] for x in a]), np.stack([y[f] for y in b])) for f in range(len(FILTERS))], 0)
 
 
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -39,29 +53,35 @@ def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return a @ (1 - b).T + (1 - a) @ b.T
 
 
-def leaks(split: dict, images: dict[str, np.ndarray], unlabeled: dict[str, np.ndarray], threshold: int) -> list[dict]:
+def leaks(split: dict, images: dict, unlabeled: dict, threshold: int) -> list[dict]:
     """One record per (fold, test image, twin) with the twin's part and the distance."""
     out = []
     unlabeled_ids = sorted(unlabeled)
     for index, fold in enumerate(split["folds"]):
         test = [i for i in fold["test"] if i in images]
         others = {"train": fold["train"], "val": fold["val"] if fold["val"] != fold["test"] else []}
-        test_bits = np.stack([images[i] for i in test])
+        test_bits = [images[i] for i in test]
         for part, ids in others.items():
             ids = [i for i in ids if i in images]
             if not ids:
                 continue
-            dist = hamming(test_bits, np.stack([images[i] for i in ids]))
+            dist = min_distance(test_bits, [images[i] for i in ids])
             for r, c in zip(*np.nonzero(dist <= threshold), strict=True):
                 out.append({"fold": index, "test": test[r], "twin": ids[c], "part": part, "distance": int(dist[r, c])})
         if unlabeled_ids:
             excluded = set(fold.get("unlabeled_excluded", []))
             pool = [i for i in unlabeled_ids if i not in excluded]
             if pool:
-                dist = hamming(test_bits, np.stack([unlabeled[i] for i in pool]))
+                dist = min_distance(test_bits, [unlabeled[i] for i in pool])
                 for r, c in zip(*np.nonzero(dist <= threshold), strict=True):
                     out.append(
-                        {"fold": index, "test": test[r], "twin": pool[c], "part": "unlabeled", "distance": int(dist[r, c])}
+                        {
+                            "fold": index,
+                            "test": test[r],
+                            "twin": pool[c],
+                            "part": "unlabeled",
+                            "distance": int(dist[r, c]),
+                        }
                     )
     return out
 

@@ -273,3 +273,34 @@ def test_from_nnunet_splits(tmp_path: Path, grouped: SegDataset) -> None:
     path.write_text(json.dumps({"train": []}))
     with pytest.raises(DataError, match="splits_final.json"):
         split_from_lists(grouped, [path])
+
+
+def test_unlabeled_near_duplicates_of_held_out_images_leave_that_folds_pool() -> None:
+    """An unlabeled/ image that near-duplicates a fold's test or val image is left out of that fold's
+    unlabeled pool (listed in the split file and applied by the run); elsewhere it stays."""
+    import dataclasses
+
+    import torch
+
+    from harness.runs.lifecycle import unlabeled_pool
+
+    base = synthetic()
+    sources = {"u-copy-b4": "benign (4)", "u-copy-m3": "malignant (3)"}
+    copies = [np.clip(base.images[base.index([s])[0], 0].numpy().astype(int) + 3, 0, 255) for s in sources.values()]
+    unrelated = ndimage.gaussian_filter(np.random.default_rng(99).standard_normal((32, 32)), 2.5)
+    unrelated = ((unrelated - unrelated.min()) / np.ptp(unrelated) * 255).astype(np.uint8)
+    stack = np.stack([*copies, unrelated]).astype(np.uint8)[:, None]
+    ds = dataclasses.replace(base, unlabeled=torch.from_numpy(stack), unlabeled_ids=[*sources, "u-new"])
+    split = make_split(ds, k=4, label_draws=1)
+    for f, fold in enumerate(split["folds"]):
+        held_out = set(fold["test"]) | set(fold["val"])
+        expected = sorted(u for u, s in sources.items() if s in held_out)
+        assert sorted(fold["unlabeled_excluded"]) == expected
+        parts = fold_parts(split, f, 0.5, 0)
+        assert sorted(parts.unlabeled_excluded) == expected
+        pool, excluded = unlabeled_pool(ds, split, parts, f)
+        assert len(pool) == 3 - len(expected) and excluded == expected
+        # an older split file without the list: the run finds the same images itself
+        del fold["unlabeled_excluded"]
+        assert unlabeled_pool(ds, split, parts, f)[1] == expected
+    assert any(fold_parts(make_split(ds, k=4, label_draws=1), f, 0.5, 0).unlabeled_excluded for f in range(4))

@@ -19,6 +19,9 @@ from PIL import Image
 
 DEFAULT_HASH_SIZE = 16
 DEFAULT_THRESHOLD = 24
+NCC_SIZE = 32
+NCC_SHIFT = 4
+DEFAULT_NCC_THRESHOLD = 0.6
 
 
 def dhash(image: np.ndarray, hash_size: int = DEFAULT_HASH_SIZE) -> np.ndarray:
@@ -41,6 +44,55 @@ def dataset_hashes(
             image = image[top : top + h, left : left + w]
         out[k] = dhash(np.ascontiguousarray(image), hash_size)
     return out
+
+
+def speckle_thumbnails(
+    images: np.ndarray, boxes: Sequence[tuple[int, int, int, int]] | None = None, size: int = NCC_SIZE
+) -> np.ndarray:
+    """N x size x size float32 high-pass thumbnails: box-averaged content minus its 5 x 5 box blur."""
+    from scipy.ndimage import uniform_filter
+
+    images = np.asarray(images)
+    if images.ndim == 4:
+        images = images[:, 0]
+    out = np.zeros((len(images), size, size), np.float32)
+    for k, image in enumerate(images):
+        if boxes is not None:
+            top, left, h, w = boxes[k]
+            image = image[top : top + h, left : left + w]
+        small = np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((size, size), Image.Resampling.BOX))
+        small = small.astype(np.float32)
+        out[k] = small - uniform_filter(small, size=5, mode="nearest")
+    return out
+
+
+def _unit_rows(patches: np.ndarray) -> np.ndarray:
+    rows = patches.reshape(len(patches), -1)
+    rows = rows - rows.mean(axis=1, keepdims=True)
+    return rows / (np.linalg.norm(rows, axis=1, keepdims=True) + 1e-6)
+
+
+def shifted_ncc(a: np.ndarray, b: np.ndarray, shift: int = NCC_SHIFT) -> np.ndarray:
+    """len(a) x len(b) maximum NCC of the centre of each ``a`` thumbnail with ``b`` shifted by <= ``shift``
+    pixels in each direction, symmetrised when ``a is b`` (N x S x S float thumbnails)."""
+    size = a.shape[-1]
+    inner = size - 2 * shift
+    centre = _unit_rows(a[:, shift : shift + inner, shift : shift + inner])
+    best = np.full((len(a), len(b)), -1.0, np.float32)
+    for dy in range(-shift, shift + 1):
+        for dx in range(-shift, shift + 1):
+            moved = _unit_rows(b[:, shift + dy : shift + dy + inner, shift + dx : shift + dx + inner])
+            np.maximum(best, centre @ moved.T, out=best)
+    if a is b:
+        best = np.maximum(best, best.T)
+    return best
+
+
+def ncc_pairs(thumbs: np.ndarray, threshold: float = DEFAULT_NCC_THRESHOLD) -> list[tuple[int, int, float]]:
+    """(i, j, ncc) with i < j for every pair of high-pass thumbnails at shifted NCC >= ``threshold``."""
+    score = shifted_ncc(thumbs, thumbs)
+    rows, cols = np.nonzero(np.triu(score >= threshold, k=1))
+    return [(int(i), int(j), float(score[i, j])) for i, j in zip(rows, cols, strict=True)]
 
 
 def hamming(bits_a: np.ndarray, bits_b: np.ndarray) -> np.ndarray:

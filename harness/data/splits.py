@@ -24,7 +24,7 @@ import math
 import re
 from collections import Counter, deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,8 @@ class FoldParts:
     val: list[str]
     test: list[str]
     selection_is_test: bool
+    #: unlabeled/ images left out of this fold's pool: near-duplicates of its test or val images
+    unlabeled_excluded: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- grouping
@@ -68,6 +70,7 @@ class Grouping:
     exact: list[list[str]]  # byte-identical files
     conflicts: list[dict[str, Any]]  # clusters whose images carry different strata
     hashes: np.ndarray  # dHash bits per image
+    ncc_added: list[dict[str, Any]] = field(default_factory=list)  # pairs only the speckle NCC joined
 
     def group_map(self) -> dict[str, str]:
         """id -> first id of its group, for the images in groups of two or more."""
@@ -90,8 +93,15 @@ def find_groups(
     bits = dedup.dataset_hashes(dataset.images.numpy(), dataset.boxes, hash_size)
     exact = dedup.exact_clusters([dataset.content_hashes[i] for i in dataset.ids])
     pairs = [(g[0], j) for g in exact for j in g[1:]]
+    added: list[dict[str, Any]] = []
     if dup_threshold is not None:
         pairs += [(i, j) for i, j, _ in dedup.near_duplicate_pairs(bits, dup_threshold)]
+        hashed = dedup.components(n, pairs)
+        thumbs = dedup.speckle_thumbnails(dataset.images.numpy(), dataset.boxes)
+        for i, j, score in dedup.ncc_pairs(thumbs):
+            pairs.append((i, j))
+            if hashed[i] != hashed[j]:
+                added.append({"ids": [dataset.ids[i], dataset.ids[j]], "ncc": round(score, 3)})
     clusters = dedup.clusters_of(dedup.components(n, pairs))
     first_of_case: dict[str, int] = {}
     case_pairs = [(first_of_case.setdefault(c, k), k) for k, c in enumerate(dataset.cases)]
@@ -113,6 +123,7 @@ def find_groups(
         exact=[[dataset.ids[k] for k in c] for c in exact],
         conflicts=conflicts,
         hashes=bits,
+        ncc_added=added,
     )
 
 
@@ -229,6 +240,13 @@ def grouping_record(grouping: Grouping, hash_size: int, dup_threshold: int | Non
         "hash": "dhash",
         "hash_size": hash_size,
         "threshold": dup_threshold,
+        "second_descriptor": (
+            f"NCC of high-pass {dedup.NCC_SIZE}x{dedup.NCC_SIZE} thumbnails over shifts <= {dedup.NCC_SHIFT} px"
+            if dup_threshold is not None
+            else None
+        ),
+        "ncc_threshold": dedup.DEFAULT_NCC_THRESHOLD if dup_threshold is not None else None,
+        "ncc_added_pairs": grouping.ncc_added,
         "n_clusters": len(grouping.clusters),
         "n_images_in_clusters": sum(len(c) for c in grouping.clusters),
         "largest_cluster": max((len(c) for c in grouping.clusters), default=0),
@@ -336,6 +354,7 @@ def make_split(
     split["duplicates"] = grouping_record(grouping, hash_size, dup_threshold)
     split["warnings"] = grouping_warnings(grouping, len(folds))
     split["folds"] = folds
+    mark_unlabeled_twins(split, dataset, hash_size, dup_threshold)
     return split
 
 
@@ -509,6 +528,7 @@ def split_from_lists(
     split["duplicates"] = grouping_record(grouping, hash_size, dup_threshold)
     split["warnings"] = warnings
     split["folds"] = folds
+    mark_unlabeled_twins(split, dataset, hash_size, dup_threshold)
     return split
 
 
@@ -517,6 +537,50 @@ def count_leaks(train: Sequence[str], test: Sequence[str], grouping: Grouping) -
     group_of = {i: g[0] for g in grouping.groups for i in g}
     train_groups = {group_of[i] for i in train}
     return sum(group_of[i] in train_groups for i in test)
+
+
+# --------------------------------------------------------------------------- unlabeled images
+
+
+def unlabeled_twins(
+    dataset: SegDataset,
+    ids: Sequence[str],
+    hash_size: int = dedup.DEFAULT_HASH_SIZE,
+    dup_threshold: int | None = dedup.DEFAULT_THRESHOLD,
+) -> list[str]:
+    """The ``unlabeled/`` images that are near-duplicates of any of ``ids`` by either descriptor.
+
+    The same two descriptors as :func:`find_groups` (dHash within ``dup_threshold`` bits, or the
+    speckle NCC of :mod:`harness.data.dedup` at its threshold); ``dup_threshold=None``: exact
+    duplicates of the pixels only.
+    """
+    if not dataset.unlabeled_ids or not ids:
+        return []
+    unlabeled = dataset.unlabeled.numpy()
+    chosen = dataset.images[dataset.index(list(ids))].numpy()
+    if dup_threshold is None:
+        keys = {bytes(image.tobytes()) for image in chosen}
+        return [u for u, image in zip(dataset.unlabeled_ids, unlabeled, strict=True) if image.tobytes() in keys]
+    boxes = [dataset.boxes[k] for k in dataset.index(list(ids))]
+    near = (
+        dedup.hamming(
+            dedup.dataset_hashes(unlabeled, None, hash_size), dedup.dataset_hashes(chosen, boxes, hash_size)
+        ).min(axis=1)
+        <= dup_threshold
+    )
+    ncc = dedup.shifted_ncc(dedup.speckle_thumbnails(unlabeled), dedup.speckle_thumbnails(chosen, boxes))
+    near |= ncc.max(axis=1) >= dedup.DEFAULT_NCC_THRESHOLD
+    return [u for u, hit in zip(dataset.unlabeled_ids, near.tolist(), strict=True) if hit]
+
+
+def mark_unlabeled_twins(split: dict[str, Any], dataset: SegDataset, hash_size: int, dup_threshold: int | None) -> None:
+    """Record per fold the unlabeled images that near-duplicate its test or val images
+    (``unlabeled_excluded``): they are left out of that fold's unlabeled pool."""
+    if not dataset.unlabeled_ids:
+        return
+    for fold in split["folds"]:
+        held_out = list(dict.fromkeys([*fold["test"], *fold["val"]]))
+        fold["unlabeled_excluded"] = unlabeled_twins(dataset, held_out, hash_size, dup_threshold)
 
 
 # --------------------------------------------------------------------------- using splits
@@ -578,6 +642,7 @@ def fold_parts(split: dict[str, Any], fold: int, fraction: float, draw: int) -> 
         val=val,
         test=list(part["test"]),
         selection_is_test=selection_is_test,
+        unlabeled_excluded=list(part.get("unlabeled_excluded", [])),
     )
 
 

@@ -27,8 +27,9 @@ import torch
 from harness import __version__
 from harness.api import SegDataset, SSLMethod, TrackedRun
 from harness.data.datasets import load_dataset
+from harness.data.dedup import DEFAULT_HASH_SIZE, DEFAULT_THRESHOLD
 from harness.data.normalize import Normaliser, fit_normaliser
-from harness.data.splits import FoldParts, fold_parts, load_split, make_split, save_split, split_hash
+from harness.data.splits import FoldParts, fold_parts, load_split, make_split, save_split, split_hash, unlabeled_twins
 from harness.evaluation.evaluate import evaluate_images, summarise
 from harness.evaluation.metrics import METRIC_POLICY
 from harness.generation.pool import synthetic_pool
@@ -130,6 +131,28 @@ def _sha256_ids(ids: list[str]) -> str:
 
 
 # --------------------------------------------------------------------------- phases
+
+
+def unlabeled_pool(
+    dataset: SegDataset, split: dict[str, Any], parts: FoldParts, fold: int
+) -> tuple[torch.Tensor, list[str]]:
+    """The ``unlabeled/`` images fold ``fold`` may train on, and the ids left out: near-duplicates of its
+    test or val images (listed by the split file; older split files without the list are checked here)."""
+    if not dataset.unlabeled_ids:
+        return dataset.unlabeled, []
+    excluded = parts.unlabeled_excluded
+    if "unlabeled_excluded" not in split["folds"][fold]:
+        params = split.get("parameters", {})
+        held_out = list(dict.fromkeys([*parts.test, *parts.val]))
+        excluded = unlabeled_twins(
+            dataset,
+            held_out,
+            params.get("hash_size", DEFAULT_HASH_SIZE),
+            params.get("dup_threshold", DEFAULT_THRESHOLD),
+        )
+    dropped = set(excluded)
+    keep = [k for k, i in enumerate(dataset.unlabeled_ids) if i not in dropped]
+    return dataset.unlabeled[keep], sorted(excluded)
 
 
 @dataclass
@@ -244,7 +267,10 @@ def prepare(
     unl_idx = dataset.index(parts.unlabeled)
     pools: list[torch.Tensor] = []
     if registry.get("ssl_method", spec.ssl).uses_unlabeled and spec.unlabeled in ("real", "both"):
-        pools += [dataset.images[unl_idx], dataset.unlabeled]
+        pool, excluded = unlabeled_pool(dataset, fold.split, parts, spec.fold)
+        pools += [dataset.images[unl_idx], pool]
+        if dataset.unlabeled_ids:
+            facts["data"]["unlabeled_excluded"] = excluded
     if cfg["generator"] != "none":
         want = cfg["n_synthetic"]
         n = {"train": len(lab_idx) + len(unl_idx), "unlabeled": len(unl_idx)}.get(want, want)
