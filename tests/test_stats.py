@@ -11,12 +11,15 @@ from scipy import stats as scipy_stats
 
 from harness.errors import UserError
 from harness.reporting.stats import (
-    bootstrap_gain,
+    PairedRun,
     collapse_clusters,
+    hierarchical_gain,
     holm,
     image_values,
     paired_differences,
     run_means,
+    sign_flip_p,
+    training_sd,
     wilcoxon_p,
 )
 
@@ -59,33 +62,68 @@ def test_wilcoxon_known_answers() -> None:
     assert wilcoxon_p(x) == pytest.approx(scipy_stats.wilcoxon(x).pvalue)
 
 
-def test_bootstrap_interval_contains_the_true_difference() -> None:
+def pair(test_set: str, diffs, clusters=None) -> PairedRun:
+    diffs = np.asarray(diffs, float)
+    clusters = np.arange(len(diffs)).astype(str) if clusters is None else np.asarray(clusters).astype(str)
+    return PairedRun(test_set, clusters, diffs)
+
+
+def width(gain) -> float:
+    return gain.high - gain.low
+
+
+def test_hierarchical_gain_estimate_and_edge_cases() -> None:
     rng = np.random.default_rng(3)
-    pairs = [rng.normal(0.05, 0.1, size=150) for _ in range(5)]
-    gain = bootstrap_gain(pairs, resamples=2000)
-    assert gain.pairs == 5 and gain.images == 750
+    a, b, c = (rng.normal(0.05, 0.1, size=150) for _ in range(3))
+    gain = hierarchical_gain([pair("f0", a), pair("f0", b), pair("f1", c)], resamples=2000)
+    # the mean over test sets of the mean over their pairs
+    assert gain.mean == pytest.approx(np.mean([(a.mean() + b.mean()) / 2, c.mean()]))
+    assert gain.pairs == 3 and gain.images == 450 and gain.test_sets == 2 and gain.clusters == 300
     assert gain.low < 0.05 < gain.high
-    assert gain.mean == pytest.approx(np.mean([p.mean() for p in pairs]))
-    # a constant difference gives a zero-width interval at that value
-    exact = bootstrap_gain([np.full(20, 0.1)], resamples=100)
-    assert exact.low == pytest.approx(0.1) and exact.high == pytest.approx(0.1)
-
-
-def test_bootstrap_coverage_is_near_nominal() -> None:
-    rng = np.random.default_rng(7)
-    hits = 0
-    trials = 200
-    for t in range(trials):
-        pairs = [rng.normal(0.02, 0.1, size=40) for _ in range(3)]
-        gain = bootstrap_gain(pairs, resamples=400, seed=t)
-        hits += gain.low <= 0.02 <= gain.high
-    assert 0.88 <= hits / trials <= 0.99
-
-
-def test_bootstrap_edge_cases() -> None:
-    assert bootstrap_gain([]).pairs == 0 and math.isnan(bootstrap_gain([]).mean)
+    assert gain.train_sd == pytest.approx(abs(a.mean() - b.mean()) / math.sqrt(2))
+    exact = hierarchical_gain([pair("f0", np.full(20, 0.1))], resamples=100)
+    assert exact.low == pytest.approx(0.1) and exact.high == pytest.approx(0.1) and math.isnan(exact.train_sd)
+    assert hierarchical_gain([]).pairs == 0 and math.isnan(hierarchical_gain([]).mean)
     with pytest.raises(UserError, match="confidence level"):
-        bootstrap_gain([np.ones(3)], level=95)
+        hierarchical_gain([pair("f0", np.ones(3))], level=95)
+
+
+def test_duplicated_draws_do_not_shrink_the_interval() -> None:
+    """Identical copies of a fold's run pairs (a store whose draws were duplicated) are one measurement."""
+    rng = np.random.default_rng(0)
+    folds = [pair(f"f{f}", rng.normal(0.03, 0.1, 40)) for f in range(5)]
+    one = hierarchical_gain(folds, resamples=1000)
+    three = hierarchical_gain([p for p in folds for _ in range(3)], resamples=1000)
+    assert (three.low, three.high, three.mean) == pytest.approx((one.low, one.high, one.mean))
+    assert three.pairs == 15 and three.train_sd == pytest.approx(0.0, abs=1e-12)
+
+
+def test_fifteen_clusters_of_four_identical_images_are_as_wide_as_fifteen_images() -> None:
+    values = np.random.default_rng(1).normal(0.02, 0.1, 15)
+    fifteen = hierarchical_gain([pair("f0", values)], resamples=4000)
+    clustered = hierarchical_gain([pair("f0", np.repeat(values, 4), np.repeat(np.arange(15), 4))], resamples=4000)
+    sixty = hierarchical_gain([pair("f0", np.repeat(values, 4))], resamples=4000)  # clusters ignored
+    assert width(clustered) == pytest.approx(width(fifteen), rel=0.05)
+    assert width(sixty) < 0.6 * width(clustered)  # what resampling single images would claim
+
+
+def test_sign_flip_is_exact_for_small_n() -> None:
+    assert sign_flip_p(np.full(5, 0.01)) == (pytest.approx(2 / 32), "exact sign-flip over 5 run pairs")
+    assert sign_flip_p(np.array([-0.3, -0.1, 0.1, 0.3]))[0] == pytest.approx(1.0)
+    x = np.random.default_rng(2).normal(0.02, 0.03, 9)
+    signs = np.array([[1 if (k >> j) & 1 else -1 for j in range(9)] for k in range(512)])
+    brute = np.mean(np.abs(signs @ x) >= abs(x.sum()) - 1e-12)
+    assert sign_flip_p(x)[0] == pytest.approx(brute)
+    p, name = sign_flip_p(np.random.default_rng(3).normal(0.05, 0.02, 25))
+    assert p < 0.001 and "random patterns" in name
+    assert math.isnan(sign_flip_p(np.array([]))[0])
+
+
+def test_training_sd_pools_within_test_sets() -> None:
+    pairs = [pair("a", [0.1]), pair("a", [0.3]), pair("b", [0.0]), pair("b", [0.4]), pair("c", [9.0])]
+    # within a: deviations +-0.1 (1 dof), within b: +-0.2 (1 dof); c alone adds nothing
+    assert training_sd(pairs) == pytest.approx(math.sqrt((0.02 + 0.08) / 2))
+    assert math.isnan(training_sd([pair("a", [0.1]), pair("b", [0.2])]))
 
 
 def test_image_values_follow_the_metric_policy() -> None:

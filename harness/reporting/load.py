@@ -99,6 +99,22 @@ def _finished_runs(root: Path) -> list[tuple[Path, dict[str, Any]]]:
     return runs
 
 
+def unfinished_runs(path: Path | str) -> list[tuple[str, str]]:
+    """(run name, why) for every run directory under ``path`` that is not done (failed, running, unreadable)."""
+    out = []
+    for run_dir in run_dirs(_check_root(path)):
+        try:
+            run = read_run(run_dir) or {}
+        except (OSError, json.JSONDecodeError):
+            out.append((run_dir.name, "run.json unreadable"))
+            continue
+        status = run.get("status", "no run.json")
+        if status != "done":
+            error = run.get("error")
+            out.append((str(run.get("name", run_dir.name)), f"{status}: {error}" if error else str(status)))
+    return out
+
+
 def _check_root(path: Path | str) -> Path:
     root = Path(path)
     if not root.exists():

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from harness.reporting.load import load
+from harness.reporting.load import load, unfinished_runs
 
 
 def summary(
@@ -22,10 +22,11 @@ def summary(
 
     ``runs`` is a results directory (the ``--out`` of ``bench run``) or a frame from
     :func:`harness.reporting.load.load`. One row per table, method row, labeled fraction and metric
-    (``mean``, ``std`` over runs, ``n`` runs, ``best``), plus a ``delta_<metric>`` row per gain
-    against the reference (``mean``, ``ci_low``, ``ci_high``, ``p``, ``p_holm``, ``significant``).
-    Columns: table, group, method, labeled, metric, mean, std, n, best, ci_low, ci_high, p,
-    p_holm, significant, reference. ``bench table --format csv`` prints the same rows.
+    (``mean``, ``std`` over runs, ``n`` runs, ``best``), plus a ``delta_<metric>`` row per shown metric
+    against the reference (``mean``, ``ci_low``, ``ci_high``, ``train_sd``, the p-values of the
+    image-level Wilcoxon on cluster means and of the run-level sign-flip test, raw and Holm), and a
+    ``missing`` row per run left out. Columns: :data:`harness.reporting.tables.CSV_COLUMNS`.
+    ``bench table --format csv`` prints the same rows.
     """
     import pandas as pd
 
@@ -39,5 +40,6 @@ def summary(
         compare=compare,
         significance=significance,
         by=by,
+        missing=[] if isinstance(runs, pd.DataFrame) else unfinished_runs(runs),
     )
     return tidy_frame(tables)

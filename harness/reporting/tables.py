@@ -24,14 +24,17 @@ from rich.text import Text
 
 from harness.errors import UserError
 from harness.reporting.stats import (
+    EXACT_SIGN_FLIP_MAX,
     LOWER_IS_BETTER,
     Gain,
-    bootstrap_gain,
+    PairedRun,
     collapse_clusters,
+    hierarchical_gain,
     holm,
     known_metric,
     paired_differences,
     run_means,
+    sign_flip_p,
     wilcoxon_p,
 )
 
@@ -63,7 +66,11 @@ PARAM_PREFIXES = ("method.", "backbone.", "generator.")
 #: a run and its reference run share these (and the table's setting)
 PAIR_KEYS = ("fold", "labeled", "draw", "seed")
 ALPHA = 0.05
+#: marks a cell whose image-level test (Wilcoxon on cluster means) is significant after Holm
 DAGGER = "†"
+#: marks a cell whose run-level test (sign-flip over matched run pairs) is significant after Holm
+RUN_MARK = "*"
+IMAGE_TEST = "Wilcoxon signed-rank on cluster means"
 EXTRA_LABELS = "‡"
 FORMATS = ("rich", "markdown", "latex", "csv")
 
@@ -217,6 +224,18 @@ class Cell:
 
 
 @dataclass
+class Comparison:
+    """One row's paired comparison with its reference on one metric and labeled fraction."""
+
+    gain: Gain
+    image_p: float = math.nan
+    image_p_holm: float = math.nan
+    run_p: float = math.nan
+    run_p_holm: float = math.nan
+    run_test: str = ""
+
+
+@dataclass
 class ResultTable:
     """One table: a setting (and optionally an image group), ready to render in any format."""
 
@@ -229,8 +248,14 @@ class ResultTable:
     counts: dict[tuple[str, float], int]
     gain_metric: str | None = None
     reference: str | None = None
+    #: the gain of ``gain_metric`` per (row, fraction), or "ref" for the reference row
     gains: dict[tuple[str, float], Gain | str] = field(default_factory=dict)
+    #: (raw, Holm) p of the image-level test of ``gain_metric`` per (row, fraction)
     pvalues: dict[tuple[str, float], tuple[float, float]] = field(default_factory=dict)
+    #: every shown metric's comparison per (row, fraction, metric)
+    comparisons: dict[tuple[str, float, str], Comparison] = field(default_factory=dict)
+    #: runs left out of the table: (run, why)
+    missing: list[tuple[str, str]] = field(default_factory=list)
     #: rows whose generator used extra labels (marked with a double dagger)
     flagged: set[str] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)
@@ -274,12 +299,16 @@ def build_tables(
     by: str | None = None,
     defaults: Defaults | None = registry_defaults,
     resamples: int = 2000,
+    missing: Sequence[tuple[str, str]] = (),
 ) -> list[ResultTable]:
     """The tables of ``frame`` (from :func:`harness.reporting.load.load`): one per setting, per group with ``by``.
 
     ``compare``: ``None`` = the supervised row of the same backbone when one exists, ``"supervised"``,
-    ``"none"``, or a row label. ``significance``: Wilcoxon signed-rank on per-image Dice against the
-    reference, near-duplicate clusters collapsed, Holm-corrected over the table's comparisons.
+    ``"none"``, or a row label. Each shown metric is compared with the reference: a paired gain with a
+    cluster-bootstrap interval (:func:`compare_runs`), an image-level Wilcoxon on cluster means and a
+    run-level sign-flip test, each Holm-corrected over the table's comparisons. ``significance``
+    marks the cells whose tests are significant. ``missing``: (run, why) of runs that are not in
+    ``frame`` (failed, running: :func:`harness.reporting.load.unfinished_runs`), named under each table.
     """
     metrics = list(dict.fromkeys(metrics))
     _check_options(frame, metrics, checkpoint, by)
@@ -298,7 +327,9 @@ def build_tables(
         for group in groups:
             sub = part if group is None else part[part["stratum"] == group]
             sub_runs = setting_runs[setting_runs.index.isin(sub["run"].unique())]
-            tables.append(_one_table(sub, sub_runs, metrics, checkpoint, compare, significance, group, resamples))
+            tables.append(
+                _one_table(sub, sub_runs, metrics, checkpoint, compare, significance, group, resamples, list(missing))
+            )
             tables[-1].notes += _data_version_notes(runs, setting_runs)
     return tables
 
@@ -396,47 +427,81 @@ def _reference_rows(runs: pd.DataFrame, rows: list[str], compare: str | None) ->
     return {r: per_backbone[row_backbone[r]] for r in rows if row_backbone[r] in per_backbone}
 
 
+def _test_set(run: pd.Series) -> str:
+    """The test set a run was scored on: its split file (by hash) and fold."""
+    return f"{canonical(run.get('split_hash'))}/fold {canonical(run.get('fold'))}"
+
+
+def _matched_pairs(
+    runs: pd.DataFrame, row: str, ref: str, fraction: float, by_run: dict[str, pd.DataFrame]
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(run, reference run) pairs of ``row`` at ``fraction``, and (run, why) for runs left unpaired."""
+    mine = runs[(runs["label"] == row) & (runs["labeled"] == fraction)]
+    theirs = runs[(runs["label"] == ref) & (runs["labeled"] == fraction)]
+    ref_by_key = {tuple(canonical(r[k]) for k in PAIR_KEYS): name for name, r in theirs.iterrows()}
+    pairs, unpaired = [], []
+    for name, run in mine.iterrows():
+        key = tuple(canonical(run[k]) for k in PAIR_KEYS)
+        partner = ref_by_key.get(key)
+        if partner is None or name not in by_run or partner not in by_run:
+            where = ", ".join(f"{k} {v}" for k, v in zip(PAIR_KEYS, key, strict=True))
+            unpaired.append((str(name), f"no finished {ref} run with {where}: not in the gain"))
+            continue
+        pairs.append((str(name), str(partner)))
+    return pairs, unpaired
+
+
+def compare_runs(pairs: list[tuple[pd.DataFrame, pd.DataFrame, str]], metric: str, resamples: int) -> Comparison | None:
+    """The gain of ``metric`` over (run frame, reference frame, test set) pairs with both tests (raw p).
+
+    The public entry point for other reports: the interval of :func:`hierarchical_gain`, the
+    image-level Wilcoxon on cluster means and the run-level sign-flip test over the pairs' gains.
+    """
+    paired, diffs = [], []
+    for mine, theirs, test_set in pairs:
+        d = paired_differences(mine, theirs, metric)
+        if d.empty:
+            continue
+        diffs.append(d)
+        paired.append(PairedRun(test_set, d["cluster"].astype(str).to_numpy(), d["diff"].to_numpy(float)))
+    if not paired:
+        return None
+    gain = hierarchical_gain(paired, resamples=resamples)
+    # image-level: one value per (test set, cluster), the mean over its images and the run pairs
+    merged = pd.concat(
+        [d.assign(cluster=f"{p.test_set}|" + d["cluster"].astype(str)) for d, p in zip(diffs, paired, strict=True)]
+    )
+    run_p, run_test = sign_flip_p(np.array([p.gain for p in paired]))
+    return Comparison(gain, image_p=wilcoxon_p(collapse_clusters(merged)), run_p=run_p, run_test=run_test)
+
+
 def _comparisons(
-    frame: pd.DataFrame,
-    runs: pd.DataFrame,
-    refs: dict[str, str],
-    fractions: list[float],
-    gain_metric: str,
-    significance: bool,
+    frame: pd.DataFrame, runs: pd.DataFrame, refs: dict[str, str], fractions: list[float], metrics: list[str],
     resamples: int,
-) -> tuple[dict, dict]:
+) -> tuple[dict[tuple[str, float, str], Comparison | str], list[tuple[str, str]]]:  # fmt: skip
     by_run = dict(tuple(frame.groupby("run", sort=False)))
-    gains: dict[tuple[str, float], Gain | str] = {}
-    raw_p: dict[tuple[str, float], float] = {}
+    out: dict[tuple[str, float, str], Comparison | str] = {}
+    unpaired: list[tuple[str, str]] = []
     for row, ref in refs.items():
         for fraction in fractions:
+            present = ((runs["label"] == row) & (runs["labeled"] == fraction)).any()
             if row == ref:
-                if ((runs["label"] == row) & (runs["labeled"] == fraction)).any():
-                    gains[(row, fraction)] = "ref"
+                out.update({(row, fraction, m): "ref" for m in metrics if present})
                 continue
-            mine = runs[(runs["label"] == row) & (runs["labeled"] == fraction)]
-            theirs = runs[(runs["label"] == ref) & (runs["labeled"] == fraction)]
-            if mine.empty or theirs.empty:
-                continue
-            ref_by_key = {tuple(canonical(r[k]) for k in PAIR_KEYS): name for name, r in theirs.iterrows()}
-            pairs, dice = [], []
-            for name, run in mine.iterrows():
-                partner = ref_by_key.get(tuple(canonical(run[k]) for k in PAIR_KEYS))
-                if partner is None or name not in by_run or partner not in by_run:
-                    continue
-                pairs.append(paired_differences(by_run[name], by_run[partner], gain_metric)["diff"].to_numpy())
-                if significance:
-                    dice.append(paired_differences(by_run[name], by_run[partner], "dice"))
-            if not pairs:
-                continue
-            gains[(row, fraction)] = bootstrap_gain(pairs, resamples=resamples)
-            if significance and dice:
-                p = wilcoxon_p(collapse_clusters(pd.concat(dice)))
-                if not math.isnan(p):  # no lesion image (e.g. the normal group): nothing to test
-                    raw_p[(row, fraction)] = p
-    keys = list(raw_p)
-    adjusted = holm([raw_p[k] for k in keys])
-    return gains, {k: (raw_p[k], float(a)) for k, a in zip(keys, adjusted, strict=True)}
+            names, left = _matched_pairs(runs, row, ref, fraction, by_run)
+            unpaired += left
+            pairs = [(by_run[a], by_run[b], _test_set(runs.loc[a])) for a, b in names]
+            for metric in metrics:
+                result = compare_runs(pairs, metric, resamples) if pairs else None
+                if result is not None:
+                    out[(row, fraction, metric)] = result
+    # Holm over every comparison of this table, separately for each test
+    found = [c for c in out.values() if isinstance(c, Comparison)]
+    for attr in ("image_p", "run_p"):
+        adjusted = holm([getattr(c, attr) for c in found])
+        for c, a in zip(found, adjusted, strict=True):
+            setattr(c, f"{attr}_holm", float(a))
+    return out, unpaired
 
 
 def _one_table(
@@ -448,6 +513,7 @@ def _one_table(
     significance: bool,
     group: str | None,
     resamples: int,
+    missing: list[tuple[str, str]],
 ) -> ResultTable:
     fractions = sorted(float(f) for f in runs["labeled"].unique())
     rows = _row_order(runs)
@@ -456,14 +522,22 @@ def _one_table(
     if significance and not refs:
         raise ReportError("--significance needs a reference row: add supervised runs or name one with --compare ROW")
     gain_metric = "dice" if "dice" in kept else (kept[0] if kept else None)
-    gains, pvalues = {}, {}
+    comparisons: dict = {}
+    unpaired: list[tuple[str, str]] = []
     if refs and gain_metric:
-        gains, pvalues = _comparisons(frame, runs, refs, fractions, gain_metric, significance, resamples)
-    marked = "dice" if "dice" in kept else gain_metric
-    for (row, fraction), (_, adjusted) in pvalues.items():
-        cell = cells.get((row, fraction, marked))
-        if cell is not None and adjusted < ALPHA:
-            cell.mark = DAGGER
+        comparisons, unpaired = _comparisons(frame, runs, refs, fractions, kept, resamples)
+    gains = {(r, f): (c if c == "ref" else c.gain) for (r, f, m), c in comparisons.items() if m == gain_metric}
+    pvalues = {
+        (r, f): (c.image_p, c.image_p_holm)
+        for (r, f, m), c in comparisons.items()
+        if m == gain_metric and isinstance(c, Comparison) and not math.isnan(c.image_p)
+    }
+    if significance:
+        for (row, fraction, metric), c in comparisons.items():
+            cell = cells.get((row, fraction, metric))
+            if cell is None or not isinstance(c, Comparison):
+                continue
+            cell.mark = (DAGGER if c.image_p_holm < ALPHA else "") + (RUN_MARK if c.run_p_holm < ALPHA else "")
     first = runs.iloc[0]
     title = f"{_data_name(first)}: {int(first['image_size'])} px, T = {int(first['iterations'])}"
     if group is not None:
@@ -480,6 +554,8 @@ def _one_table(
         reference=_reference_text(refs, compare),
         gains=gains,
         pvalues=pvalues,
+        comparisons={k: c for k, c in comparisons.items() if isinstance(c, Comparison)},
+        missing=list(dict.fromkeys([*missing, *unpaired])),
         flagged=set(runs.loc[runs["uses_extra_labels"].fillna(False).astype(bool), "label"]),
     )
     table.notes = _notes(table, frame, runs, checkpoint, significance, resamples)
@@ -561,26 +637,39 @@ def _notes(
     )
     notes.append(_policy_summary(runs))
     if table.reference:
-        notes.append(
-            f"Δ{METRIC_TITLES.get(table.gain_metric or '', table.gain_metric)}: paired gain over {table.reference}, "
-            "each run against the reference run of the same fold, labeled fraction, label draw and seed, averaged "
-            "over run pairs; [95% CI] from a bootstrap over "
-            f"test images within runs ({resamples} resamples), i.e. test-image uncertainty only."
-        )
-    if significance and table.pvalues:
         clustered = "cluster" in frame and bool((frame["cluster"] != frame["id"]).any())
         unit = (
-            "each group of the split file (near-duplicate cluster or case) is collapsed to one value (its mean "
-            "difference over images and run pairs)"
+            "split-file group (near-duplicate cluster or case)"
             if clustered
-            else "the split file groups no images (no near-duplicates or cases), so each image is one value (its "
-            "mean difference over run pairs)"
+            else "test image (the split file groups none)"
+        )
+        title = METRIC_TITLES.get(table.gain_metric or "", table.gain_metric)
+        notes.append(
+            f"Δ{title}: paired gain over {table.reference}, each run against the reference run of the same fold, "
+            "labeled fraction, label draw and seed, averaged over the run pairs of each test set, then over test "
+            "sets; sd = standard deviation of the run-level gain between seeds and label draws on the same test "
+            "set (training noise; – where each test set has one run pair)."
         )
         notes.append(
-            f"{DAGGER} p < {ALPHA:g}: paired two-sided Wilcoxon signed-rank test of per-image Dice against the "
-            f"reference, Holm-corrected over the {len(table.pvalues)} comparisons of this table. It is an "
-            f"image-level test: {unit}; it ignores training variance between runs."
+            f"[95% CI]: the resampled unit is the {unit}, drawn with replacement within each fold ({resamples} "
+            "resamples) and shared by every run pair on that fold; it holds the trained networks fixed."
         )
+        n = len(table.comparisons)
+        notes.append(
+            f"p img: two-sided {IMAGE_TEST} (one value per {unit.split(' (')[0]} and fold); p run: two-sided "
+            f"sign-flip permutation test of the run-level gains of the matched run pairs (exact up to "
+            f"{EXACT_SIGN_FLIP_MAX} pairs; 5 pairs cannot reach {ALPHA:g}); both Holm-corrected over the {n} "
+            "comparisons (rows x fractions x metrics) of this table; n.s. = Holm p >= "
+            f"{ALPHA:g}."
+        )
+    if significance and table.comparisons:
+        notes.append(
+            f"{DAGGER} image-level test significant, {RUN_MARK} run-level test significant (Holm p < {ALPHA:g}, "
+            "each metric tested on its own values)."
+        )
+    if table.missing:
+        named = "; ".join(f"{name} ({why})" for name, why in table.missing)
+        notes.append(f"Not in the table: {named}.")
     if table.flagged:
         notes.append(
             f"{EXTRA_LABELS} Uses extra labels: the conditional generator of {', '.join(sorted(table.flagged))} was "
@@ -615,7 +704,17 @@ def cell_text(cell: Cell | None, metric: str, pm: str = "±") -> str:
     return text
 
 
-def gain_text(gain: Gain | str | None) -> str:
+def p_text(p: float) -> str:
+    """``"p 0.012"``, ``"p<0.001"`` or ``"n.s."`` (at or above the significance level)."""
+    if math.isnan(p):
+        return "–"
+    if p >= ALPHA:
+        return "n.s."
+    return "p<0.001" if p < 0.001 else f"p {p:.3f}"
+
+
+def gain_text(gain: Gain | str | None, comparison: Comparison | None = None) -> str:
+    """``"+0.030 [+0.025, +0.035] sd 0.010; img p 0.004, run n.s."`` (the tests when given)."""
     if gain is None:
         return "–"
     if isinstance(gain, str):
@@ -623,7 +722,11 @@ def gain_text(gain: Gain | str | None) -> str:
     if math.isnan(gain.mean):
         return "–"
     mean, low, high = (round(v, 3) + 0.0 for v in (gain.mean, gain.low, gain.high))  # + 0.0: no "-0.000"
-    return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]"
+    text = f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]"
+    text += f" sd {gain.train_sd:.3f}" if not math.isnan(gain.train_sd) else " sd –"
+    if comparison is not None:
+        text += f"; img {p_text(comparison.image_p_holm)}, run {p_text(comparison.run_p_holm)}"
+    return text
 
 
 def _row_label(table: ResultTable, row: str) -> str:
@@ -643,7 +746,7 @@ def _header(kind: str, metric: str | None, arrows: tuple[str, str] = ("↑", "�
         return "n"
     title = METRIC_TITLES.get(metric or "", metric or "")
     if kind == "gain":
-        return f"Δ{title} [95% CI]"
+        return f"Δ{title} [95% CI] sd; p"
     return f"{title} {arrows[1] if metric in LOWER_IS_BETTER else arrows[0]}"
 
 
@@ -653,7 +756,8 @@ def _value(table: ResultTable, row: str, fraction: float, kind: str, metric: str
         n = table.counts.get((row, fraction))
         return (str(n) if n else "–"), False
     if kind == "gain":
-        return gain_text(table.gains.get((row, fraction))), False
+        comparison = table.comparisons.get((row, fraction, table.gain_metric or ""))
+        return gain_text(table.gains.get((row, fraction)), comparison), False
     cell = table.cells.get((row, fraction, metric or ""))
     return cell_text(cell, metric or "") + (cell.mark if cell else ""), bool(cell and cell.best)
 
@@ -761,13 +865,20 @@ def render_latex(tables: Sequence[ResultTable], label: str = "tab:segbench") -> 
 
 
 CSV_COLUMNS = (
-    "table", "group", "method", "labeled", "metric", "mean", "std", "n", "best", "ci_low", "ci_high", "p", "p_holm",
-    "significant", "reference",
+    "table", "group", "method", "labeled", "metric", "mean", "std", "n", "best", "ci_low", "ci_high", "train_sd",
+    "test_sets", "clusters", "resampled_unit", "p_wilcoxon_cluster_means", "p_wilcoxon_cluster_means_holm",
+    "p_sign_flip_runs", "p_sign_flip_runs_holm", "run_test", "significant", "reference", "missing",
 )  # fmt: skip
 
 
 def render_csv(tables: Sequence[ResultTable]) -> str:
-    """Long CSV: one line per table, row, fraction and metric, plus a ``delta_<metric>`` line per gain."""
+    """Long CSV: one line per table, row, fraction and metric, plus a ``delta_<metric>`` line per comparison.
+
+    A delta line's p-value columns name their test (``p_wilcoxon_cluster_means``: Wilcoxon signed-rank
+    on cluster means; ``p_sign_flip_runs``: sign-flip over the matched run pairs, ``run_test`` says
+    exact or sampled) and its ``metric`` names the metric tested. Runs left out are one line each
+    (``metric`` = ``missing``).
+    """
     buf = io.StringIO()
     tidy_frame(tables).to_csv(buf, index=False, float_format="%.6g")
     return buf.getvalue()
@@ -785,15 +896,23 @@ def tidy_frame(tables: Sequence[ResultTable]) -> pd.DataFrame:
                     if cell is not None:
                         records.append({**base, "metric": metric, "mean": cell.mean, "std": cell.std, "n": cell.n,
                                         "best": cell.best})  # fmt: skip
-                gain = table.gains.get((row, fraction))
-                if isinstance(gain, Gain):
-                    p, p_holm = table.pvalues.get((row, fraction), (math.nan, math.nan))
+                for metric in table.metrics:
+                    c = table.comparisons.get((row, fraction, metric))
+                    if c is None:
+                        continue
+                    g = c.gain
                     records.append({
-                        **base, "metric": f"delta_{table.gain_metric}", "mean": gain.mean, "n": gain.pairs,
-                        "ci_low": gain.low, "ci_high": gain.high, "p": p, "p_holm": p_holm,
-                        "significant": bool(p_holm < ALPHA) if not math.isnan(p_holm) else "",
+                        **base, "metric": f"delta_{metric}", "mean": g.mean, "n": g.pairs, "ci_low": g.low,
+                        "ci_high": g.high, "train_sd": g.train_sd, "test_sets": g.test_sets, "clusters": g.clusters,
+                        "resampled_unit": "split-file group within fold",
+                        "p_wilcoxon_cluster_means": c.image_p, "p_wilcoxon_cluster_means_holm": c.image_p_holm,
+                        "p_sign_flip_runs": c.run_p, "p_sign_flip_runs_holm": c.run_p_holm, "run_test": c.run_test,
+                        "significant": bool(c.image_p_holm < ALPHA) if not math.isnan(c.image_p_holm) else "",
                         "reference": table.reference,
                     })  # fmt: skip
+        for name, why in table.missing:
+            records.append({"table": table.title, "group": table.group or "", "method": name, "metric": "missing",
+                            "missing": why})  # fmt: skip
     return pd.DataFrame(records, columns=list(CSV_COLUMNS))
 
 

@@ -37,7 +37,9 @@ class UNetParams:
     context_lengths: tuple[int, ...] = ()
     #: depthwise kernel size of the context blocks (odd)
     kernel: int = 7
+    #: plain (ReLU, nearest up-sampling) or ssl4mis (SSL4MIS's U-Net: LeakyReLU, encoder dropout 0.05-0.5)
     style: str = "plain"
+    #: up-sampling of the ssl4mis style: bilinear (SSL4MIS's UNet, 1x1 conv + bilinear) or transpose
     upsampling: str = "bilinear"
 
     def __post_init__(self) -> None:

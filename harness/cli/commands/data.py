@@ -90,6 +90,11 @@ def _print_check(report: dict) -> None:
         f"{d['hash_size']}, <= {d['threshold']} bits): {d['n_clusters']} cluster(s) holding "
         f"{d['n_images_in_clusters']} images, largest {d['largest_cluster']}; {d['n_groups']} independent groups"
     )
+    if d.get("ncc_threshold") is not None:
+        console.print(
+            f"  of which joined by the speckle NCC (>= {d['ncc_threshold']}) and missed by the dHash: "
+            f"{len(d['ncc_added_pairs'])} pair(s)"
+        )
     for conflict in d["label_conflicts"]:
         pairs = ", ".join(f"{i}: {s}" for i, s in zip(conflict["ids"], conflict["strata"], strict=True))
         console.print(escape(f"  label conflict: {pairs} -> stratified as {conflict['majority']}"))

@@ -25,7 +25,9 @@ def table(
         "label, or none.",
     ),
     significance: bool = typer.Option(
-        False, "--significance", help="Wilcoxon signed-rank on per-image Dice vs the reference, Holm-corrected."
+        False,
+        "--significance",
+        help="Mark cells whose tests against the reference are significant (Holm): † images, * runs.",
     ),
     fmt: str = typer.Option(
         None, "--format", help="rich (terminal), markdown, latex or csv; default rich, or from --out's suffix."
@@ -36,7 +38,7 @@ def table(
     """Mean ± std over runs per method and labeled fraction, with paired gains and significance marks."""
     from rich.console import Console
 
-    from harness.reporting.load import load
+    from harness.reporting.load import load, unfinished_runs
     from harness.reporting.tables import FORMATS, build_tables, data_versions, render, render_rich
     from harness.runs.store import atomic_write_text
 
@@ -58,6 +60,7 @@ def table(
         compare=compare,
         significance=significance,
         by=by,
+        missing=unfinished_runs(runs),
     )
     if out is not None:
         atomic_write_text(out, render(tables, fmt))
