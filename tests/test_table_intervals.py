@@ -1,5 +1,6 @@
 """Black-box: intervals read from `bench table --compare supervised --format csv` on stores written as
-runs write them (run.json, metrics.csv and the split file with its groups)."""
+runs write them (run.json, metrics.csv and the split file with its groups). Full CLI runs: slow tier;
+tests/test_stats.py checks the same widths on the statistics directly."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from harness.runs.store import atomic_write_json, write_rows_csv
 
+pytestmark = pytest.mark.slow
 FOLDS = (0, 1, 2)
 
 
