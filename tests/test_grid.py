@@ -125,4 +125,4 @@ def test_paper_dry_run_plans_the_published_iterations(tmp_path):
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "T = 10000: int(40000 x labeled 0.25), the published train.py rule" in result.output
-    assert "│ 10000 │" in result.output
+    assert " 10000 " in result.output  # the plan table's iterations column

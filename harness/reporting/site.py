@@ -25,7 +25,7 @@ import pandas as pd
 
 from harness import __version__
 from harness.errors import UserError
-from harness.reporting.load import load
+from harness.reporting.load import load, unfinished_runs
 from harness.reporting.plots import (
     choose_images,
     generator_figures,
@@ -361,7 +361,7 @@ def build_site(
     """
     root, out = Path(runs), Path(out)
     frame_all = load(root, checkpoint=checkpoint)
-    options = {"metrics": list(metrics), "checkpoint": checkpoint, "compare": compare}
+    options = {"metrics": list(metrics), "checkpoint": checkpoint, "compare": compare, "missing": unfinished_runs(root)}
     try:
         tables = build_tables(frame_all, significance=significance is not False, **options)
     except ReportError:

@@ -705,12 +705,12 @@ def cell_text(cell: Cell | None, metric: str, pm: str = "±") -> str:
 
 
 def p_text(p: float) -> str:
-    """``"p 0.012"``, ``"p<0.001"`` or ``"n.s."`` (at or above the significance level)."""
+    """``"p 0.012"``, ``"p 3e-05"`` (below 0.001) or ``"n.s."`` (at or above the significance level)."""
     if math.isnan(p):
         return "–"
     if p >= ALPHA:
         return "n.s."
-    return "p<0.001" if p < 0.001 else f"p {p:.3f}"
+    return f"p {p:.0e}" if p < 0.001 else f"p {p:.3f}"
 
 
 def gain_text(gain: Gain | str | None, comparison: Comparison | None = None) -> str:

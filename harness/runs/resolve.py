@@ -188,6 +188,22 @@ class ResolvedRun:
         return f"{c['ssl']}_{c['generator']}_{c['backbone']}_l{c['labeled']:g}_f{c['fold']}_{self.run_id}"
 
 
+#: field metadata of a parameter added after runs were made: at its default it is left out of the run id,
+#: so that finished runs keep their names (run.json still records it)
+ADDED_LATER = "added_later"
+
+
+def _without_later_defaults(params: Any, values: dict[str, Any]) -> dict[str, Any]:
+    if not dataclasses.is_dataclass(params) or not values:
+        return values
+    later = {
+        f.name
+        for f in dataclasses.fields(params)
+        if f.metadata.get(ADDED_LATER) and f.default is not dataclasses.MISSING and values.get(f.name) == f.default
+    }
+    return {k: v for k, v in values.items() if k not in later}
+
+
 def _or_preset(spec: RunSpec, preset: Preset, name: str) -> Any:
     """The user's value of ``name``, else the preset's, else the run default (None when there is none)."""
     value = getattr(spec, name)
@@ -222,9 +238,16 @@ def run_config(spec: RunSpec, settings: TrainSettings, params: dict[str, Any], d
     return config
 
 
-def run_id_of(config: dict[str, Any]) -> str:
-    """The run id: the first 10 hex digits of the SHA-256 of the config's canonical JSON."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:10]
+def run_id_of(config: dict[str, Any], params: dict[str, Any] | None = None) -> str:
+    """The run id: the first 10 hex digits of the SHA-256 of the config's canonical JSON.
+
+    ``params`` (``{"backbone_params": dataclass, ...}``) lets parameters marked ``added_later`` drop
+    out of the hash at their defaults.
+    """
+    identity = dict(config)
+    for key, value in (params or {}).items():
+        identity[key] = _without_later_defaults(value, config.get(key) or {})
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
 def setting_defaults(preset: Preset) -> dict[str, Any]:
@@ -318,7 +341,10 @@ def resolve(spec: RunSpec, registry: Registry | None = None) -> ResolvedRun:
         image_size=image_size,
         n_synthetic=n_synthetic,
         config=config,
-        run_id=run_id_of(config),
+        run_id=run_id_of(
+            config,
+            {"backbone_params": backbone_params, "method_params": method_params, "generator_params": generator_params},
+        ),
         defaults=defaults,
         iterations_rule=iterations_rule,
     )

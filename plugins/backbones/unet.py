@@ -10,7 +10,7 @@ SSL4MIS's own U-Net instead (:mod:`plugins.backbones.ssl4mis_unet`: LeakyReLU, e
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from torch import nn
@@ -38,9 +38,9 @@ class UNetParams:
     #: depthwise kernel size of the context blocks (odd)
     kernel: int = 7
     #: plain (ReLU, nearest up-sampling) or ssl4mis (SSL4MIS's U-Net: LeakyReLU, encoder dropout 0.05-0.5)
-    style: str = "plain"
+    style: str = field(default="plain", metadata={"added_later": True})
     #: up-sampling of the ssl4mis style: bilinear (SSL4MIS's UNet, 1x1 conv + bilinear) or transpose
-    upsampling: str = "bilinear"
+    upsampling: str = field(default="bilinear", metadata={"added_later": True})
 
     def __post_init__(self) -> None:
         if self.style not in STYLES:
