@@ -430,7 +430,8 @@ def test_summary_is_exactly_the_table_csv(tmp_path: Path) -> None:
         assert result.exit_code == 0, result.output
         printed = pd.read_csv(io.StringIO(result.output), keep_default_na=False)
         assert list(tidy.columns) == list(printed.columns) and len(tidy) == len(printed)
-        for column in ("mean", "std", "ci_low", "ci_high", "p", "p_holm", "n"):
+        numeric = ("mean", "std", "ci_low", "ci_high", "train_sd", "p_wilcoxon_cluster_means", "p_sign_flip_runs")
+        for column in (*numeric, "p_wilcoxon_cluster_means_holm", "p_sign_flip_runs_holm", "n"):
             ours = pd.to_numeric(tidy[column], errors="coerce").to_numpy(float)
             theirs = pd.to_numeric(printed[column], errors="coerce").to_numpy(float)
             assert np.allclose(ours, theirs, rtol=1e-5, equal_nan=True), column

@@ -48,7 +48,7 @@ def test_presets_are_typed():
     assert all(isinstance(p, Preset) and p.name == name for name, p in PRESETS.items())
     assert PRESETS["quick"].folds == (0,) and PRESETS["paper"].folds is None
     run = resolve(RunSpec(preset="paper", ssl="supervised"))
-    assert run.preset is PRESETS["paper"] and run.settings.precision == "bf16" and run.image_size == 256
+    assert run.preset is PRESETS["paper"] and run.settings.precision == "fp32" and run.image_size == 256
 
 
 def test_resolved_defaults_are_recorded_for_reporting():

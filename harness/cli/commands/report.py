@@ -106,7 +106,7 @@ def report(
     significance: bool = typer.Option(
         None,
         "--significance/--no-significance",
-        help="Wilcoxon tests against the reference, as bench table --significance (default: when there is one).",
+        help="Significance marks against the reference, as bench table --significance (default: when there is one).",
     ),
     images: int = typer.Option(4, "--images", help="Test images per qualitative grid (0: none)."),
     figures: bool = typer.Option(True, "--figures/--no-figures", help="Draw the figures (off: tables and numbers)."),
