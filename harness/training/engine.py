@@ -149,6 +149,14 @@ def make_predictor(
     return predict
 
 
+def make_optimizers(method: SSLMethod, *, lr: float, momentum: float, weight_decay: float) -> list[torch.optim.SGD]:
+    """One SGD optimiser per parameter-group list of ``method`` (the published optimiser)."""
+    return [
+        torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        for groups in method.optimizer_groups()
+    ]
+
+
 class _IndexStream:
     """Endless shuffled passes over ``n`` items, a pure function of (seed, pass) so resume is exact."""
 
@@ -224,10 +232,9 @@ class Trainer:
         self._step: Callable[[Batch, StepContext], StepOutput] = self.method.train_step
         if self.dist is not None:
             self.method, self._step = ddp.wrap_method(self.method, self.dist)
-        self.optimizers = [
-            torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
-            for groups in method.optimizer_groups()
-        ]
+        self.optimizers = make_optimizers(
+            method, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
+        )
         n_lab = data.labeled_images.shape[0]
         if n_lab == 0:
             raise UserError("no labeled training images: raise --labeled or check the split")
