@@ -441,6 +441,14 @@ def test_feature_noise_is_one_multiplicative_draw_shared_by_the_batch() -> None:
     assert not torch.equal(FeatureNoise(0.3)(x, g), y)  # a fresh draw per call
 
 
+def test_feature_noise_keeps_channels_last_and_draws_the_same_values() -> None:
+    x = torch.rand(2, 4, 5, 5) + 0.5
+    y = FeatureNoise(0.3)(x, torch.Generator().manual_seed(0))
+    y_cl = FeatureNoise(0.3)(x.contiguous(memory_format=torch.channels_last), torch.Generator().manual_seed(0))
+    assert y_cl.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(y_cl, y)
+
+
 def test_dropout_is_always_on_and_rescales() -> None:
     x = torch.ones(4, 8, 32, 32)
     for gen in (None, torch.Generator().manual_seed(1)):

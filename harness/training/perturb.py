@@ -55,7 +55,11 @@ class FeatureNoise:
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         noise = draw_uniform(x.shape[1:], x, generator, -self.uniform_range, self.uniform_range)
-        return x + x * noise.to(x.dtype).unsqueeze(0)
+        noise = noise.to(x.dtype).unsqueeze(0)
+        if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            # the same values in x's layout: a mixed-layout multiply (and its backward) takes a strided path
+            noise = noise.contiguous(memory_format=torch.channels_last)
+        return x + x * noise
 
 
 @dataclass(frozen=True)
