@@ -176,3 +176,15 @@ def test_method_needing_unlabeled_data_refuses_an_empty_pool(tmp_path):
     with pytest.raises(UserError, match="unlabeled"):
         Trainer(method, TrainSettings(iterations=2), data, fit_normaliser("zscore", 1, ds.images),
                 torch.device("cpu"), tmp_path, show_progress=False)  # fmt: skip
+
+
+def test_fp16_trains_with_a_gradient_scaler_whose_state_is_checkpointed(tmp_path):
+    """The fp16 path (CUDA GPUs without bf16) scales the loss; it runs on the CPU too, which is what is tested."""
+    trainer = _trainer(tmp_path, iterations=8, val_every=8, checkpoint_every=4, precision="fp16")
+    assert trainer.scaler is not None and trainer.scaler.is_enabled()
+    trainer.train()
+    state = torch.load(tmp_path / "checkpoints" / "latest.pt", weights_only=True)
+    assert state["grad_scaler"]["scale"] > 0
+    assert all(torch.isfinite(p).all() for p in trainer.method.parameters())
+    assert _trainer(tmp_path / "b", iterations=2, precision="bf16").scaler is None
+    assert _trainer(tmp_path / "c", iterations=2, precision="fp32").scaler is None

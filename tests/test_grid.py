@@ -64,7 +64,7 @@ def test_paper_preset_trains_int_40000_times_the_labeled_fraction(labeled: float
         (RunSpec(ssl="mgcc", overrides={"mgcc": {"consistancy": "1"}}), "no parameter 'consistancy'"),
         (RunSpec(overrides={"": {"learning_rate": "1"}}), "not a run setting"),
         (RunSpec(ssl="fixmatchh"), "unknown ssl method"),
-        (RunSpec(precision="fp16"), "bf16 or fp32"),
+        (RunSpec(precision="half"), "use auto, bf16, fp16, fp32"),
         (RunSpec(n_synthetic="many"), "n-synthetic"),
     ],
 )

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from harness.execution.joblog import RunLog
-from harness.runs.lifecycle import build_trainer, execute
+from harness.runs.lifecycle import build_trainer, execute, with_device_precision
 from harness.runs.store import RunLockedError
 from harness.training import ddp
 from harness.training.ddp import ABORT, SKIP, DistInfo, DistributedError, free_port, init, rank_seed, shutdown
@@ -67,6 +67,7 @@ def _follow(task: Any, info: DistInfo) -> str:
         return "skipped"
     if kind == ABORT:
         raise DistributedError(f"rank 0 could not start run {run.name}: {payload}")
+    run, _ = with_device_precision(run, info.device)  # the precision rank 0 chose: same device type
     seed_everything(rank_seed(run.spec.seed, info), run.spec.deterministic)
     inputs = TrainData(**payload, val_dataset=None, val_indices=[])  # type: ignore[arg-type]  # rank 0 validates
     _method, trainer = build_trainer(

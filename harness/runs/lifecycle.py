@@ -40,7 +40,7 @@ from harness.runs.run_figures import run_figures
 from harness.runs.store import METRICS_FILE, atomic_write_json, read_run, run_lock, safe_file_name, write_rows_csv
 from harness.runs.tracking import TrackerChoice, Trackers, final_scalars
 from harness.training import ddp
-from harness.training.device import autocast_factory, describe_device, resolve_device, seed_everything
+from harness.training.device import autocast_factory, choose_precision, describe_device, resolve_device, seed_everything
 from harness.training.engine import TrainData, Trainer, TrainResult, make_predictor
 
 # --------------------------------------------------------------------------- execution
@@ -423,6 +423,9 @@ def execute(
                 _skip_done(run.name, previous, log)
                 return run_dir
         device = resolve_device(device_name)
+        run, precision = with_device_precision(run, device)
+        cfg = run.config
+        log(f"{run.name}: precision {precision.precision} ({precision.reason})")
         seed_everything(spec.seed, spec.deterministic)
         if spec.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -440,6 +443,7 @@ def execute(
             "device_name": describe_device(device),
             "logical_cpus": os.cpu_count(),
             "threads": torch.get_num_threads(),
+            "precision": precision.as_dict(),
             "determinism": {"seed": spec.seed, "deterministic": spec.deterministic},
             "metric_policy": METRIC_POLICY,
             "versions": {
@@ -505,6 +509,18 @@ def _skip_done(name: str, previous: dict[str, Any], log: Log) -> None:
     if made_by != __version__:
         log(f"warning: {name} was made by segbench {made_by}, this is {__version__}")
     log(f"{name}: done already, skipped")
+
+
+def with_device_precision(run: ResolvedRun, device: torch.device):
+    """``run`` with its precision resolved for ``device`` (``auto`` -> bf16 / fp16 / fp32), and the choice.
+
+    The run keeps its identity (``auto`` is part of its configuration hash); its recorded
+    ``config.train.precision`` is the precision that ran, ``precision`` in run.json says why.
+    """
+    choice = choose_precision(run.settings.precision, device)
+    settings = dataclasses.replace(run.settings, precision=choice.precision)
+    config = {**run.config, "train": {**run.config["train"], "precision": choice.precision}}
+    return dataclasses.replace(run, settings=settings, config=config), choice
 
 
 def _phases(

@@ -21,6 +21,7 @@ from harness.config.params import ConfigError, coerce_value
 from harness.config.presets import Preset, get_preset, preset_iterations
 from harness.plugins import Registry, get_registry
 from harness.runs.checks import canonical, check_data, check_model, check_scopes, check_settings, check_split
+from harness.training.device import PRECISIONS
 from harness.training.engine import TrainSettings
 
 Log = Callable[[str], None]
@@ -288,8 +289,8 @@ def resolve(spec: RunSpec, registry: Registry | None = None) -> ResolvedRun:
         iterations_rule = "set explicitly (--iterations or the suite)"
     else:
         settings = dataclasses.replace(settings, iterations=iterations)
-    if settings.precision not in ("bf16", "fp32"):
-        raise ConfigError(f"--precision {settings.precision!r}: use bf16 or fp32")
+    if settings.precision not in PRECISIONS:
+        raise ConfigError(f"--precision {settings.precision!r}: use {', '.join(PRECISIONS)}")
     if settings.ramp_horizon not in ("published", "scaled"):
         raise ConfigError(f"ramp horizon {settings.ramp_horizon!r}: use published or scaled")
     backbone_params = resolve_params(

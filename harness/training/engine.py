@@ -222,6 +222,8 @@ class Trainer:
         #: checkpoints written (or found on resume) and the step each holds: every one of them is finite
         self.kept: dict[str, int] = {}
         self.autocast = autocast_factory(device, settings.precision)
+        # fp16 (GPUs without bf16) needs loss scaling; bf16 and fp32 keep fp32's exponent range
+        self.scaler = torch.amp.GradScaler(device.type) if settings.precision == "fp16" else None
         if settings.loss not in SUPERVISED_LOSSES:
             raise UserError(f"unknown loss {settings.loss!r}; use one of {', '.join(SUPERVISED_LOSSES)}")
         self.loss_fn = SUPERVISED_LOSSES[settings.loss]
@@ -294,6 +296,8 @@ class Trainer:
             "best_score": self.best_score,
             "best_step": self.best_step,
         }
+        if self.scaler is not None:
+            state["grad_scaler"] = self.scaler.state_dict()
         if self.dist is not None:  # every rank's RNG streams, so that a resumed distributed run continues exactly
             state["rng_ranks"] = ddp.gather_objects(state["rng"], self.dist)
         return state
@@ -401,6 +405,8 @@ class Trainer:
                 rng = None
         if rng is not None:
             set_rng_state(rng, self.generator)
+        if self.scaler is not None and "grad_scaler" in state:
+            self.scaler.load_state_dict(state["grad_scaler"])
         self.best_score, self.best_step = state["best_score"], state["best_step"]
         self.start_step = self.resumed_from = int(state["step"]) + 1
         if self.writer and self.curves_path.exists():
@@ -473,9 +479,15 @@ class Trainer:
             out = self._step(self.batch(step), ctx)
             for opt in self.optimizers:
                 opt.zero_grad(set_to_none=True)
-            out.loss.backward()
-            for opt in self.optimizers:
-                opt.step()
+            if self.scaler is None:
+                out.loss.backward()
+                for opt in self.optimizers:
+                    opt.step()
+            else:
+                self.scaler.scale(out.loss).backward()
+                for opt in self.optimizers:
+                    self.scaler.step(opt)
+                self.scaler.update()
             self.method.after_step(ctx)
             logs = {
                 k: (v.detach().float() if torch.is_tensor(v) else torch.tensor(float(v))) for k, v in out.logs.items()

@@ -101,7 +101,12 @@ def run(
     resize: str = typer.Option(None, "--resize", help="squash (published) or pad (keeps aspect ratio)."),
     include_strata: str = typer.Option(None, "--include-strata", help="Only these strata, e.g. benign,malignant."),
     normalisation: str = typer.Option(None, "--normalisation", help="zscore (default) or published."),
-    precision: str = typer.Option(None, "--precision", help="bf16 or fp32 (default: preset's)."),
+    precision: str = typer.Option(
+        None,
+        "--precision",
+        help="auto, bf16, fp16 (CUDA) or fp32 (default: the preset's). auto: bf16 where the CPU or GPU "
+        "computes it natively, fp16 with a gradient scaler on GPUs without bf16, else fp32.",
+    ),
     channels_last: bool = typer.Option(None, "--channels-last/--no-channels-last", help="channels_last layout."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the validation network (slow first call)."),
     device: str = options.device_option(),
