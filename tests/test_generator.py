@@ -211,3 +211,26 @@ def test_ldm_through_the_harness_cache(tmp_path):
     _, other = pool(tiny(ae_steps=3, unet_steps=3, sample_steps=4))  # sampling-only change: no refit
     assert other["cached"] and not other["samples_cached"]
     assert sum("cached fit" in m for m in messages) == 2
+
+
+def test_fused_adamw_and_foreach_clipping_match_the_plain_ones():
+    from plugins.generators.ldm.training import adamw, clip_gradients
+
+    torch.manual_seed(0)
+    fast, plain = torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(3, 4, 3)
+    plain.load_state_dict(fast.state_dict())
+    opt_fast, opt_plain = adamw(fast, 1e-2), torch.optim.AdamW(plain.parameters(), lr=1e-2, weight_decay=0.0)
+    assert opt_fast.defaults["fused"]
+    for _ in range(3):
+        x = torch.randn(2, 3, 8, 8)
+        for net, opt in ((fast, opt_fast), (plain, opt_plain)):
+            opt.zero_grad()
+            (net(x) ** 2).mean().mul(50).backward()
+        clip_gradients(fast, 0.5)
+        torch.nn.utils.clip_grad_norm_(plain.parameters(), 0.5)
+        for a, b in zip(fast.parameters(), plain.parameters(), strict=True):
+            torch.testing.assert_close(a.grad, b.grad)
+        opt_fast.step()
+        opt_plain.step()
+    for a, b in zip(fast.parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

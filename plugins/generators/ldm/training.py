@@ -63,6 +63,18 @@ class _Curve:
         return sum(v for _, v in tail) / len(tail) if tail else float("nan")
 
 
+def adamw(module: torch.nn.Module, lr: float) -> torch.optim.AdamW:
+    """AdamW without weight decay; the fused kernel on CPU and CUDA (one pass over each tensor, not ~10:
+    the optimiser step was 5-15 % of a quick-preset training step)."""
+    fused = all(p.device.type in ("cpu", "cuda") for p in module.parameters())
+    return torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=0.0, fused=fused)
+
+
+def clip_gradients(module: torch.nn.Module, max_norm: float) -> None:
+    """Clip the global gradient norm, with the multi-tensor (foreach) norm."""
+    torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm, foreach=True)
+
+
 def _random_flip(x: torch.Tensor, gen: torch.Generator, enabled: bool) -> torch.Tensor:
     if not enabled:
         return x
@@ -91,7 +103,7 @@ def train_autoencoder(
 ) -> dict[str, Any]:
     """Fit ``ae`` on ``images`` (N x 1 x H x W in [-1, 1], on the device): reconstruction + KL."""
     ae.train()
-    opt = torch.optim.AdamW(ae.parameters(), lr=params.ae_lr, weight_decay=0.0)
+    opt = adamw(ae, params.ae_lr)
     curve = _Curve(params.ae_steps)
     start = time.perf_counter()
     for step in range(params.ae_steps):
@@ -108,7 +120,7 @@ def train_autoencoder(
             loss = loss + params.ae_spectral_weight * spectral_loss(recon, x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(ae.parameters(), params.grad_clip)
+        clip_gradients(ae, params.grad_clip)
         opt.step()
         curve.add(step, loss)
     ae.eval()
@@ -174,7 +186,7 @@ def train_denoiser(
     n_total = posteriors.mean.shape[0]
     n_images = n_total // 2 if params.hflip else n_total
     unet.train()
-    opt = torch.optim.AdamW(unet.parameters(), lr=params.unet_lr, weight_decay=0.0)
+    opt = adamw(unet, params.unet_lr)
     curve = _Curve(params.unet_steps)
     start = time.perf_counter()
     for step in range(params.unet_steps):
@@ -199,7 +211,7 @@ def train_denoiser(
         loss = F.mse_loss(pred.float(), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), params.grad_clip)
+        clip_gradients(unet, params.grad_clip)
         opt.step()
         if ema is not None:
             ema.update(unet)
