@@ -92,3 +92,34 @@ def test_auto_is_resolved_per_device_with_the_run_identity_kept():
         "requested": "fp32",
         "reason": "--precision fp32",
     }
+
+
+def test_parity_table_groups_finished_runs_by_precision(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "precision_parity.py"
+    spec = importlib.util.spec_from_file_location("precision_parity", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def run(name: str, precision: str, seed: int, dice: float, status: str = "done") -> None:
+        (tmp_path / name).mkdir()
+        config = {"preset": "quick", "seed": seed, "ssl": "mgcc", "train": {"iterations": 300, "precision": precision}}
+        record = {"status": status, "config": config, "threads": 1}
+        if status == "done":
+            record["test"] = {"best": {"dice": dice}, "last": {"dice": dice - 0.01}}
+            record["train"] = {"seconds": 10.0, "images_per_second": 80.0}
+        (tmp_path / name / "run.json").write_text(json.dumps(record))
+
+    run("a", "fp32", 0, 0.80)
+    run("b", "fp32", 1, 0.84)
+    run("c", "bf16", 0, 0.81)
+    run("d", "bf16", 1, 0.0, status="running")
+    out = module.main([str(tmp_path), "--out", str(tmp_path / "parity.json")])
+    report = json.loads(out.read_text())
+    rows = {r["precision"]: r for r in report["table"]}
+    assert rows["fp32"]["dice_best"]["mean"] == 0.82 and rows["fp32"]["dice_best"]["n"] == 2
+    assert rows["fp32"]["dice_best"]["std"] == round(0.04 / 2**0.5, 4)
+    assert rows["bf16"]["seeds"] == [0] and len(report["unfinished"]) == 1
