@@ -25,6 +25,7 @@ from torch import nn
 
 from harness.config.params import build_params
 from harness.errors import UserError
+from harness.progress import SILENT, Reporter
 
 Features = list[torch.Tensor]
 
@@ -206,6 +207,13 @@ class Generator(ABC):
     Optional class attributes read by the cache (harness.generation.pool): ``SAMPLING_FIELDS``, the
     parameters that only affect sampling (changing them never refits), and ``CACHE_VERSION``, part
     of the cache key (bump it when a code change makes fitted models invalid).
+
+    Progress: before :meth:`fit` and :meth:`sample` the harness sets :attr:`progress` to the run's
+    reporter; a long loop opens a task on it (``with self.progress.task("autoencoder", total=steps,
+    unit="step") as bar: ... bar.update(step + 1, loss=loss)``). Lines go to the terminal and run.log.
+
+    Resume: the harness passes the same ``workdir`` to a fit that was interrupted and is started
+    again with the same inputs; a generator may save its own per-stage state there and continue.
     """
 
     Params: ClassVar[type] = NoParams
@@ -214,6 +222,8 @@ class Generator(ABC):
     produces_images: ClassVar[bool] = True
     #: True when fitting reads image-level labels (strata): results are marked as using extra labels
     uses_strata: bool = False
+    #: where progress goes; the harness replaces the silent default before fit() and sample()
+    progress: Reporter = SILENT
 
     def __init__(self, params: Any, image_size: int, seed: int, device: torch.device) -> None:
         self.params = params

@@ -100,7 +100,8 @@ def test_two_processes_train_one_run_to_completion(runs):
     # students are synchronised by DDP and the EMA teacher is updated from them: bitwise equal on both ranks
     assert extra["replicas_identical"] is True
     assert len(_metrics(runs["two"])) == len(_metrics(runs["one"])) > 0
-    assert sorted(p.name for p in (runs["two"] / "checkpoints").iterdir()) == ["best.pt", "last.pt", "latest.pt"]
+    # latest.pt (the resume state) was written while training and deleted once the run was done
+    assert sorted(p.name for p in (runs["two"] / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
 
 
 def test_only_rank_0_writes(runs):

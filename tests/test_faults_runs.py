@@ -37,7 +37,8 @@ def _interrupted(tmp_path: Path) -> tuple[object, Path, Path]:
     """A finished tiny run turned into an interrupted one (status running, its checkpoints in place)."""
     data, out = make_dataset(tmp_path / "ds"), tmp_path / "out"
     run = tiny_run(data)
-    run_dir = execute(run, out, show_progress=False, log=_quiet)
+    # keep_resume_state: a finished run deletes latest.pt, an interrupted one has it
+    run_dir = execute(run, out, show_progress=False, log=_quiet, keep_resume_state=True)
     record = read_run(run_dir)
     record["status"] = "running"
     (run_dir / "run.json").write_text(json.dumps(record))
@@ -57,7 +58,7 @@ def test_a_damaged_latest_checkpoint_names_the_file_and_restart_damaged_trains_f
         with pytest.raises(CheckpointError, match=rf"checkpoint {latest} is damaged .*--restart-damaged"):
             execute(run, out, show_progress=False, log=_quiet)
     assert read_run(run_dir)["status"] == "failed"
-    execute(run, out, show_progress=False, log=_quiet, restart_damaged=True)
+    execute(run, out, show_progress=False, log=_quiet, restart_damaged=True, keep_resume_state=True)
     record = read_run(run_dir)
     assert record["status"] == "done" and record["train"]["resumed_from"] is None
     assert [p.name.split("-")[0] for p in (run_dir / "checkpoints").glob("latest.pt.damaged-*")] == [

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 
+from harness import progress
 from harness.errors import UserError
 from harness.plugins import add_plugin_commands, add_plugin_files, get_registry
 
@@ -80,7 +81,9 @@ def main() -> None:
     """Entry point of the ``bench`` console script."""
     try:
         build_app()
-        app()
+        # long steps of any command (decoding a dataset, hashing it) show their progress
+        with progress.reporting(progress.for_console()):
+            app()
     except UserError as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise SystemExit(2) from None

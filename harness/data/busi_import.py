@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from harness.data.datasets import DECODE_ERRORS, IMAGE_EXTENSIONS, DataError, raise_problems
+from harness.osutil import make_shareable
 
 MASK_NAME = re.compile(r"(?P<id>.+?)_mask(?:_(?P<n>\d+))?")
 
@@ -121,6 +122,7 @@ def import_busi(src: Path, dst: Path) -> BusiImport:
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent))
+        make_shareable(tmp)  # the imported dataset folder: 0755 like any folder, not mkdtemp's 0700
     except OSError as exc:
         raise DataError(f"cannot create {dst} ({exc}); choose a writable destination") from None
     try:

@@ -33,8 +33,10 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from harness import progress
 from harness.api import DatasetSource, SegDataset
 from harness.errors import UserError
+from harness.osutil import make_shareable
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif")
 RESIZE_MODES = ("squash", "pad")
@@ -448,6 +450,7 @@ def atomic_write_bytes(path: Path, write: Any) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
+        make_shareable(tmp)  # mkstemp makes 0600; split files and caches are shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -576,7 +579,7 @@ def _decode(item: _Item, size: int, mode: str, threshold: float | None) -> dict[
     return arrays
 
 
-def _map(function: Any, items: list[_Item]) -> list[str]:
+def _map(function: Any, items: list[_Item], label: str) -> list[str]:
     """Run ``function(item)`` on threads (decoders release the GIL); return the DataError messages."""
 
     def run(item: _Item) -> str | None:
@@ -586,8 +589,16 @@ def _map(function: Any, items: list[_Item]) -> list[str]:
             return str(exc)
         return None
 
-    with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
-        return [p for p in pool.map(run, items) if p]
+    problems = []
+    with (
+        ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool,
+        progress.task(label, len(items), unit="file") as bar,
+    ):
+        for problem in pool.map(run, items):
+            bar.advance()
+            if problem:
+                problems.append(problem)
+    return problems
 
 
 def decode_items(
@@ -603,7 +614,7 @@ def decode_items(
         item.image_hash = memo.hash(item.image_path)
         item.mask_hash = memo.hash(item.mask_path) if item.mask_path is not None else None
 
-    problems = _map(hash_item, items)
+    problems = _map(hash_item, items, "hashing dataset files")
     if problems:
         raise_problems(root, problems)
     cache = DecodeCache(cache_root, {"size": size, "resize": mode, "mask_threshold": threshold})
@@ -617,7 +628,7 @@ def decode_items(
             if item.arrays is None:
                 item.arrays = _decode(item, size, mode, threshold)
 
-        problems = _map(prepare, items)
+        problems = _map(prepare, items, "decoding dataset")
         if problems:
             raise_problems(root, problems)
         for item in items:

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
+from harness import progress
+
 DEFAULT_HASH_SIZE = 16
 DEFAULT_THRESHOLD = 24
 NCC_SIZE = 32
@@ -38,11 +40,13 @@ def dataset_hashes(
     if images.ndim == 4:
         images = images[:, 0]
     out = np.zeros((len(images), hash_size * hash_size), bool)
-    for k, image in enumerate(images):
-        if boxes is not None:
-            top, left, h, w = boxes[k]
-            image = image[top : top + h, left : left + w]
-        out[k] = dhash(np.ascontiguousarray(image), hash_size)
+    with progress.task("near-duplicate hashing", len(images), unit="img") as bar:
+        for k, image in enumerate(images):
+            if boxes is not None:
+                top, left, h, w = boxes[k]
+                image = image[top : top + h, left : left + w]
+            out[k] = dhash(np.ascontiguousarray(image), hash_size)
+            bar.advance()
     return out
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from harness import progress
 from harness.api import SegDataset
 from harness.errors import UserError
 from harness.evaluation.metrics import METRIC_NAMES, PUBLISHED_METRIC_NAMES, confusion, image_metrics, published_metrics
@@ -79,6 +80,7 @@ def evaluate_images(
     batch_size: int = 16,
     device: torch.device | str = "cpu",
     threshold: float = 0.5,
+    label: str = "evaluate",
 ) -> list[dict[str, Any]]:
     """One row per image: id, stratum, lesion, pred_empty, height, width, resolution and every metric.
 
@@ -87,38 +89,54 @@ def evaluate_images(
     mask. ``"model"``: thresholded on the model grid inside the box and compared with the resized
     mask. ``height``/``width`` are the evaluated size; ``lesion`` is whether the evaluated ground truth
     is non-empty. ``published=True`` adds the published MGCC definitions (``published_*``).
+    Progress goes to the current reporter under ``label``.
     """
     if resolution not in RESOLUTIONS:
         raise EvaluationError(f"evaluation resolution {resolution!r} is unknown: use one of {', '.join(RESOLUTIONS)}")
     indices = _check_settings(dataset, indices, batch_size, threshold)
     device = torch.device(device)
     rows: list[dict[str, Any]] = []
-    for chunk, logits in _predicted_batches(predict, dataset, indices, batch_size, device):
-        for k, i in enumerate(chunk):
-            top, left, h, w = dataset.boxes[i]
-            box_logits = logits[k : k + 1, :, top : top + h, left : left + w]
-            if resolution == "native":
-                gt = dataset.native_masks[i].astype(bool, copy=False)
-                box_logits = F.interpolate(box_logits, size=gt.shape, mode="bilinear", align_corners=False)
-                spacing = dataset.spacing
-            else:
-                gt = dataset.masks[i, 0, top : top + h, left : left + w].cpu().numpy()
-                spacing = _model_spacing(dataset, i)
-            pred = (torch.sigmoid(box_logits[0, 0]) > threshold).cpu().numpy()
-            row: dict[str, Any] = {
-                "id": dataset.ids[i],
-                "stratum": dataset.strata[i],
-                "lesion": bool(gt.any()),
-                "pred_empty": not bool(pred.any()),
-                "height": int(gt.shape[0]),
-                "width": int(gt.shape[1]),
-                "resolution": resolution,
-            }
-            row.update(image_metrics(pred, gt, spacing))
-            if published:
-                row.update(published_metrics(pred, gt))
-            rows.append(row)
+    with progress.task(label, total=len(indices), unit="img") as bar:
+        for chunk, logits in _predicted_batches(predict, dataset, indices, batch_size, device):
+            _score_batch(rows, chunk, logits, dataset, resolution, published, threshold)
+            bar.advance(len(chunk))
     return rows
+
+
+def _score_batch(
+    rows: list[dict[str, Any]],
+    chunk: list[int],
+    logits: torch.Tensor,
+    dataset: SegDataset,
+    resolution: str,
+    published: bool,
+    threshold: float,
+) -> None:
+    """Append one row per image of a predicted batch."""
+    for k, i in enumerate(chunk):
+        top, left, h, w = dataset.boxes[i]
+        box_logits = logits[k : k + 1, :, top : top + h, left : left + w]
+        if resolution == "native":
+            gt = dataset.native_masks[i].astype(bool, copy=False)
+            box_logits = F.interpolate(box_logits, size=gt.shape, mode="bilinear", align_corners=False)
+            spacing = dataset.spacing
+        else:
+            gt = dataset.masks[i, 0, top : top + h, left : left + w].cpu().numpy()
+            spacing = _model_spacing(dataset, i)
+        pred = (torch.sigmoid(box_logits[0, 0]) > threshold).cpu().numpy()
+        row: dict[str, Any] = {
+            "id": dataset.ids[i],
+            "stratum": dataset.strata[i],
+            "lesion": bool(gt.any()),
+            "pred_empty": not bool(pred.any()),
+            "height": int(gt.shape[0]),
+            "width": int(gt.shape[1]),
+            "resolution": resolution,
+        }
+        row.update(image_metrics(pred, gt, spacing))
+        if published:
+            row.update(published_metrics(pred, gt))
+        rows.append(row)
 
 
 def _box_masks(dataset: SegDataset, chunk: list[int]) -> torch.Tensor:

@@ -70,8 +70,12 @@ class RunLog:
         except OSError:
             pass
 
-    def __call__(self, message: str) -> None:
+    def record(self, message: str) -> None:
+        """Append a timestamped line to run.log only (progress lines the terminal shows its own way)."""
         self.write(f"{time.strftime('%H:%M:%S')} {message}")
+
+    def __call__(self, message: str) -> None:
+        self.record(message)
         if self.echo is not None:
             self.echo(message)
 

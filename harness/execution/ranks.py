@@ -44,6 +44,7 @@ def run_rank(task: Any, info: DistInfo, log: Callable[[str], None]) -> str:
             task.run, task.out_path, log=log, show_progress=task.show_progress, device_name=str(info.device),
             trackers=task.trackers, retrain_changed=task.retrain_changed, restart_damaged=task.restart_damaged,
             dist=info, on_prepared=broadcast_inputs,
+            keep_resume_state=getattr(task, "keep_resume_state", False),
         )  # fmt: skip
     except RunLockedError:
         if not sent:

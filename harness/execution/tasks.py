@@ -13,12 +13,15 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness import progress
+from harness import threads as threads_mod
 from harness.errors import UserError
 from harness.execution import ranks
 from harness.execution.joblog import LOG_FILE, Log, RunLog
 from harness.runs.resolve import ResolvedRun
 from harness.runs.store import RunLockedError, read_run
 from harness.runs.tracking import TrackerChoice
+from harness.threads import ThreadChoice
 from harness.training import ddp
 
 
@@ -63,6 +66,10 @@ class RunTask:
     @property
     def name(self) -> str:
         return self.run.name
+    #: torch threads (``--threads``); None: the thread policy decides (harness.threads)
+    threads: int | None = None
+    #: keep checkpoints/latest.pt (optimisers, RNG) after the run finished (``--keep-resume-state``)
+    keep_resume_state: bool = False
 
     @property
     def out_path(self) -> Path:
@@ -94,12 +101,19 @@ class Request:
     retrain_changed: bool = False
     #: move damaged latest.pt checkpoints aside and train those runs from scratch (else they are refused)
     restart_damaged: bool = False
+    #: torch threads per process (``--threads``); None: the thread policy decides
+    threads: int | None = None
+    #: keep finished runs' checkpoints/latest.pt (``--keep-resume-state``)
+    keep_resume_state: bool = False
 
     def tasks(self, show_progress: bool = False) -> list[RunTask]:
         out = str(Path(self.out_dir).resolve())
         return [
-            RunTask(r, out, self.device, self.gpus, self.sync_bn, show_progress, self.trackers,
-                    self.retrain_changed, self.restart_damaged, installed_versions(r))
+            RunTask(
+                r, out, self.device, self.gpus, self.sync_bn, show_progress, self.trackers, self.retrain_changed,
+                self.restart_damaged, installed_versions(r), threads=self.threads,
+                keep_resume_state=self.keep_resume_state,
+            )
             for r in self.runs
         ]  # fmt: skip
 
@@ -151,14 +165,6 @@ def finish(report: Report, out_dir: Path, log: Log) -> None:
 # --------------------------------------------------------------------------- one run, in this process
 
 
-def cpu_count() -> int:
-    """CPUs this process may use (its affinity mask, e.g. a Slurm allocation), not the machine's."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def visible_gpus() -> list[str]:
     """The CUDA devices this process sees, as CUDA_VISIBLE_DEVICES entries."""
     import torch
@@ -171,25 +177,29 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
-def run_task(task: RunTask, log: Log | bool | None = None, *, job: str = "", threads: int | None = None) -> str:
+def run_task(
+    task: RunTask, log: Log | bool | None = None, *, job: str = "", threads: int | ThreadChoice | None = None
+) -> str:
     """Train one run in this process (or, with ``task.gpus`` > 1, in that many local processes).
 
     Returns ``done`` or ``busy`` (another process holds the run's lock); raises when the run fails,
-    after writing the error and traceback to run.log. ``threads`` caps torch's intra-op threads.
+    after writing the error and traceback to run.log. ``threads``: torch's intra-op threads as the
+    executor chose them (a count, e.g. a Slurm allocation, or a :class:`ThreadChoice`); otherwise
+    ``task.threads`` or the thread policy (:mod:`harness.threads`) decides.
     """
-    import torch
-
     from harness.runs.lifecycle import execute
 
-    if threads:
-        torch.set_num_threads(threads)
+    if isinstance(threads, int):
+        threads = ThreadChoice(threads, f"{threads} given by the executor")
+    choice = threads_mod.apply(threads or threads_mod.decide(override=task.threads))
     writer = ddp.is_writer()
-    run_log: Log = RunLog(task.run_dir, echo=log) if writer else (lambda _m: None)
+    file_log = RunLog(task.run_dir, echo=log) if writer else None
+    run_log: Log = file_log if file_log is not None else (lambda _m: None)
     if writer:
         RunLog(task.run_dir)(
             f"attempt on {socket.gethostname()} pid {os.getpid()}" + (f" job {job}" if job else "")
-            + f" ({torch.get_num_threads()} threads)"
         )  # fmt: skip
+        run_log(f"torch threads: {choice.threads} ({choice.reason})")
     try:
         here = installed_versions(task.run)
         if task.versions and here != task.versions:
@@ -198,23 +208,29 @@ def run_task(task: RunTask, log: Log | bool | None = None, *, job: str = "", thr
                 f"run {task.name}: {differ[0]} is {here.get(differ[0])} here but {task.versions.get(differ[0])} where "
                 "the run was submitted; install the same segbench and plugin versions on both"
             )
-        info = ddp.current()
-        if info is not None:  # one rank of torchrun or of a multi-task Slurm job
-            ranks.run_rank(task, info, run_log)
-        elif task.gpus > 1:
-            gpus = visible_gpus() if task.device != "cpu" else []
-            if gpus and len(gpus) < task.gpus:
-                raise ExecutorError(f"--gpus {task.gpus}: only {len(gpus)} GPU(s) visible ({','.join(gpus)})")
-            per_rank = threads or max(1, cpu_count() // task.gpus)
-            ranks.launch(task, task.gpus, gpus[: task.gpus] if gpus else None, per_rank)
-            record = read_run(task.run_dir) or {}
-            if record.get("status") != "done":
-                raise ExecutorError(f"run {task.name} ended with status {record.get('status')!r}")
-        else:
-            execute(
-                task.run, task.out_path, log=run_log, show_progress=task.show_progress, device_name=task.device,
-                trackers=task.trackers, retrain_changed=task.retrain_changed, restart_damaged=task.restart_damaged,
-            )  # fmt: skip
+        # progress lines go to run.log always, and to the terminal (live) or stdout (plain) unless quiet
+        reporter = (
+            progress.for_console(show=task.show_progress, record=file_log.record) if file_log else progress.SILENT
+        )
+        with progress.reporting(reporter):
+            info = ddp.current()
+            if info is not None:  # one rank of torchrun or of a multi-task Slurm job
+                ranks.run_rank(task, info, run_log)
+            elif task.gpus > 1:
+                gpus = visible_gpus() if task.device != "cpu" else []
+                if gpus and len(gpus) < task.gpus:
+                    raise ExecutorError(f"--gpus {task.gpus}: only {len(gpus)} GPU(s) visible ({','.join(gpus)})")
+                per_rank = task.threads or threads_mod.decide(jobs=task.gpus).threads
+                ranks.launch(task, task.gpus, gpus[: task.gpus] if gpus else None, per_rank)
+                record = read_run(task.run_dir) or {}
+                if record.get("status") != "done":
+                    raise ExecutorError(f"run {task.name} ended with status {record.get('status')!r}")
+            else:
+                execute(
+                    task.run, task.out_path, log=run_log, show_progress=task.show_progress, device_name=task.device,
+                    trackers=task.trackers, retrain_changed=task.retrain_changed, restart_damaged=task.restart_damaged,
+                    keep_resume_state=task.keep_resume_state,
+                )  # fmt: skip
     except RunLockedError as exc:
         run_log(f"not trained here: {exc}")
         return "busy"

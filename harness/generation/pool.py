@@ -17,20 +17,24 @@ and moved into place, so an interrupted fit leaves nothing behind that looks fin
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from harness import progress
 from harness.api import Generator, params_dict
 from harness.errors import UserError
+from harness.osutil import make_shareable, pid_alive
 
 FIT_FILE = "fit.json"
 MODEL_DIR = "model"
@@ -93,6 +97,7 @@ def _atomic_json(path: Path, value: Any) -> None:
     try:
         with os.fdopen(fd, "w") as handle:
             json.dump(value, handle, indent=2, default=str)
+        make_shareable(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -119,10 +124,40 @@ def _atomic_tensor(path: Path, tensor: torch.Tensor) -> None:
     os.close(fd)
     try:
         torch.save(tensor, tmp)
+        make_shareable(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def _fit_workdir(shared: Path, private: Path) -> Iterator[Path]:
+    """The fit's work directory: ``shared`` (kept when the fit is interrupted, so the next attempt resumes
+    from what the generator saved there) unless another live process on this host is fitting in it;
+    then ``private``, which starts from scratch.
+    """
+    shared.mkdir(parents=True, exist_ok=True)
+    lock = shared / ".owner"
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        try:
+            host, pid = lock.read_text().split()
+            alive = host != socket.gethostname() or pid_alive(int(pid))
+        except (OSError, ValueError):
+            alive = False
+        if alive:
+            yield private
+            return
+        lock.unlink(missing_ok=True)
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(f"{socket.gethostname()} {os.getpid()}")
+    try:
+        yield shared
+    finally:
+        lock.unlink(missing_ok=True)
 
 
 def _check_inputs(
@@ -176,13 +211,21 @@ def fit_or_load(
             generator.load(directory / MODEL_DIR)
             log(f"generator {name}: cached fit {key[:12]} reused ({len(ids)} training images) from {directory}")
             return generator, {**record, "cached": True, "directory": str(directory)}
-    log(f"generator {name}: fitting on {len(ids)} training images (cache key {key[:12]}) ...")
     Path(cache_root).mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=cache_root, prefix=f".{name}-{key[:16]}."))
+    make_shareable(tmp)  # becomes the cache entry: readable like any folder, not 0700
+    generator.progress = progress.current()
     try:
-        facts = generator.fit(images[order], tmp / "work", fit_strata)
-        generator.save(tmp / MODEL_DIR)
-        shutil.rmtree(tmp / "work", ignore_errors=True)
+        with _fit_workdir(Path(cache_root) / f".{name}-{key[:16]}.work", tmp / "work") as workdir:
+            resumed = workdir.is_dir() and any(p.name != ".owner" for p in workdir.iterdir())
+            log(
+                f"generator {name}: fitting on {len(ids)} training images (cache key {key[:12]})"
+                + (f", continuing the interrupted fit in {workdir}" if resumed else "")
+                + " ..."
+            )
+            facts = generator.fit(images[order], workdir, fit_strata)
+            generator.save(tmp / MODEL_DIR)
+            shutil.rmtree(workdir, ignore_errors=True)
         record = {
             "cache_key": key,
             "generator": name,
@@ -273,6 +316,7 @@ def synthetic_pool(
         seconds = json.loads(timing_path.read_text()).get("sample_seconds") if timing_path.is_file() else None
     else:
         start = time.perf_counter()
+        generator.progress = progress.current()
         samples = generator.sample(n, seed)
         seconds = time.perf_counter() - start
         if samples.shape != (n, 1, image_size, image_size) or samples.dtype != torch.uint8:

@@ -26,6 +26,7 @@ import torch
 from harness import __version__
 from harness.errors import UserError
 from harness.inference.network import LoadedRun, load_run_network
+from harness.osutil import make_shareable
 from harness.runs.store import atomic_write_json
 
 FORMATS = ("onnx", "torchscript")
@@ -226,6 +227,7 @@ def export_run(
         check = _check(loaded, tmp, fmt, (check_batch, *example.shape[1:]))
         info = _sidecar(loaded, tmp, fmt, check)
         info["file"] = out.name
+        make_shareable(tmp)  # an exported model is meant to be shared: 0644, not mkstemp's 0600
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

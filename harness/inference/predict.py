@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 from scipy import ndimage
 
-from harness import __version__
+from harness import __version__, progress
 from harness.api import SegDataset
 from harness.data.datasets import (
     IMAGE_EXTENSIONS,
@@ -328,27 +328,6 @@ class PredictResult:
     summary: dict[str, Any] | None = None
 
 
-class _Progress:
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.bar = None
-        if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(
-                TextColumn("[bold]predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=False
-            )
-            self.bar.start()
-            self.task = self.bar.add_task("predict", total=total)
-
-    def advance(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.advance(self.task, n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
 def _check_options(threshold: float, batch_size: int, probabilities: str | None) -> None:
     if not 0.0 < threshold < 1.0:
         raise PredictError(f"--threshold {threshold}: must lie strictly between 0 and 1, e.g. 0.5")
@@ -414,7 +393,8 @@ def predict_images(
 
     rows: list[dict[str, Any]] = []
     records: list[dict[str, Any]] = []
-    progress = _Progress(len(items), show_progress)
+    reporter = progress.installed_or_console(True) if show_progress else progress.SILENT
+    bar = reporter.task("predict", total=len(items), unit="img")
     try:
         for start in range(0, len(items), batch_size):
             chunk = range(start, min(start + batch_size, len(items)))
@@ -452,9 +432,9 @@ def predict_images(
                             **{name: str(path.relative_to(out)) for name, path in paths.items()},
                         }
                     )
-            progress.advance(len(chunk))
+            bar.advance(len(chunk))
     finally:
-        progress.close()
+        bar.close()
 
     summary = summarise(rows) if rows else None
     if rows:

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from harness import __version__
+from harness import __version__, progress, threads
 from harness.api import SegDataset, SSLMethod, TrackedRun
 from harness.data.datasets import load_dataset
 from harness.data.dedup import DEFAULT_HASH_SIZE, DEFAULT_THRESHOLD
@@ -124,6 +124,12 @@ def _checked_dataset(spec: RunSpec, image_size: int) -> SegDataset:
     if signature is not None:
         _LAST_CHECKED[key] = (signature, dataset)
     return dataset
+
+
+def _thread_policy() -> dict[str, Any] | str:
+    """How the run's thread count was chosen (run.json), as the executor applied it."""
+    choice = threads.applied()
+    return choice.as_dict() if choice else "torch default (not set by segbench)"
 
 
 def _sha256_ids(ids: list[str]) -> str:
@@ -360,6 +366,7 @@ def evaluate(
             resolution=spec.eval_resolution,
             published=spec.published_metrics,
             device=device,
+            label=f"test ({checkpoint} checkpoint)",
         )
         for row in ckpt_rows:
             row["checkpoint"] = checkpoint
@@ -389,6 +396,7 @@ def execute(
     restart_damaged: bool = False,
     dist: ddp.DistInfo | None = None,
     on_prepared: OnPrepared | None = None,
+    keep_resume_state: bool = False,
 ) -> Path:
     """Train and evaluate one resolved run under ``out_dir``; skip it when it is already done.
 
@@ -402,6 +410,9 @@ def execute(
     hash differ from those it recorded, it is refused (:class:`~harness.runs.freshness.StaleRunError`)
     or, with ``retrain_changed``, trained again from scratch under the same id. ``restart_damaged``
     moves a damaged checkpoints/latest.pt aside and trains from scratch instead of refusing.
+
+    A finished run keeps best.pt and last.pt; its resume state (latest.pt: optimisers, every RNG)
+    is deleted unless ``keep_resume_state``.
     """
     registry = registry or get_registry()
     spec, cfg = run.spec, run.config
@@ -444,6 +455,7 @@ def execute(
             "logical_cpus": os.cpu_count(),
             "threads": torch.get_num_threads(),
             "precision": precision.as_dict(),
+            "thread_policy": _thread_policy(),
             "determinism": {"seed": spec.seed, "deterministic": spec.deterministic},
             "metric_policy": METRIC_POLICY,
             "versions": {
@@ -485,11 +497,12 @@ def execute(
         config = json.loads(json.dumps(cfg, default=str))  # as run.json holds it
         tracked.start(TrackedRun(run.name, run.run_id, run_dir, Path(out_dir), config, bool(record.get("resumed"))))
         try:
-            _phases(
-                run, run_dir, Path(out_dir), record, device, log, show_progress, registry, tracked,
-                resumed_data=resumed_data, retrain_changed=retrain_changed, restart_damaged=restart_damaged,
-                dist=dist, on_prepared=on_prepared,
-            )  # fmt: skip
+            with progress.reporting(progress.installed_or_console(show_progress)):
+                _phases(
+                    run, run_dir, Path(out_dir), record, device, log, show_progress, registry, tracked,
+                    resumed_data=resumed_data, retrain_changed=retrain_changed, restart_damaged=restart_damaged,
+                    dist=dist, on_prepared=on_prepared,
+                )  # fmt: skip
         except BaseException as exc:
             record.update(status="failed", error=f"{type(exc).__name__}: {exc}", ended=time.time())
             try:
@@ -499,7 +512,15 @@ def execute(
             tracked.finish("failed" if isinstance(exc, Exception) else "interrupted")
             raise
         record.update(status="done", ended=time.time())
+        latest = run_dir / "checkpoints" / "latest.pt"
+        drop = latest.is_file() and not keep_resume_state
+        if drop:
+            record["resume_state"] = {"file": "checkpoints/latest.pt", "deleted_bytes": latest.stat().st_size}
         atomic_write_json(run_dir / "run.json", record)
+        if drop:  # only once the run is recorded as done: until then it is what a rerun resumes from
+            latest.unlink()
+            size_mb = record["resume_state"]["deleted_bytes"] / 1e6
+            log(f"deleted the resume state checkpoints/latest.pt ({size_mb:.1f} MB; --keep-resume-state keeps it)")
         tracked.finish("done")
     return run_dir
 
@@ -530,7 +551,6 @@ def _phases(
     record: dict[str, Any],
     device: torch.device,
     log: Log,
-    show_progress: bool,
     registry: Registry,
     tracked: Trackers,
     resumed_data: dict[str, Any] | None = None,
@@ -558,7 +578,8 @@ def _phases(
     if on_prepared is not None:
         on_prepared(prepared.inputs, prepared.normaliser)
     method, trainer = build_trainer(
-        run, prepared.inputs, prepared.normaliser, device, run_dir, dist=dist, show_progress=show_progress,
+        run, prepared.inputs, prepared.normaliser, device, run_dir, dist=dist,
+        show_progress=True,  # the installed reporter decides where progress goes (run.log even when quiet)
         on_log=tracked.log_curves if tracked else None, restart_damaged=restart_damaged, registry=registry,
     )  # fmt: skip
     record["method"] = {"describe": method.describe(), "parameters": sum(p.numel() for p in method.parameters())}

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
+from harness.osutil import pid_alive
 
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.csv"
@@ -106,19 +107,6 @@ STALE_AFTER_S = 3 * HEARTBEAT_S
 _GUARD_STALE_S = 30.0
 
 
-def _pid_alive(pid: Any) -> bool:
-    try:
-        pid = int(pid)
-        if pid <= 0:  # kill(0 or -1) would ask about process groups, not one process
-            return False
-        os.kill(pid, 0)
-    except (ProcessLookupError, ValueError, OverflowError):
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @dataclass
 class LockState:
     """A lock file as found: who holds it, how old its heartbeat is, and why it is stale (or "" if live)."""
@@ -147,7 +135,7 @@ def lock_state(path: Path, stale_after_s: float = STALE_AFTER_S) -> LockState | 
         holder = {}
     age = time.time() - st.st_mtime
     stale = ""
-    if holder.get("host") == socket.gethostname() and not _pid_alive(holder.get("pid")):
+    if holder.get("host") == socket.gethostname() and not pid_alive(holder.get("pid")):
         stale = f"its process {holder.get('pid')} on this host is gone"
     elif age > stale_after_s:
         stale = f"no heartbeat for {age:.0f} s (more than {stale_after_s:.0f} s)"

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from harness import progress as progress_mod
 from harness.api import Batch, SegDataset, SSLMethod, StepContext, StepOutput
 from harness.data.normalize import Normaliser
 from harness.errors import UserError
@@ -198,6 +199,7 @@ class Trainer:
         on_log: Callable[[list[dict[str, Any]]], None] | None = None,
         restart_damaged: bool = False,
         dist: ddp.DistInfo | None = None,
+        progress: progress_mod.Reporter | None = None,
     ) -> None:
         """``on_log(rows)`` receives every batch of rows written to curves.jsonl (host values; trackers).
 
@@ -216,11 +218,14 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.curves_path = self.run_dir / "curves.jsonl"
-        self.show_progress = show_progress
         self.on_log = on_log
         self.restart_damaged = restart_damaged
         #: checkpoints written (or found on resume) and the step each holds: every one of them is finite
         self.kept: dict[str, int] = {}
+        # progress lines and messages ("resuming from step N"); only the writer reports
+        self.progress = (progress or progress_mod.current()) if show_progress else progress_mod.SILENT
+        if not self.writer:
+            self.progress = progress_mod.SILENT
         self.autocast = autocast_factory(device, settings.precision)
         # fp16 (GPUs without bf16) needs loss scaling; bf16 and fp32 keep fp32's exponent range
         self.scaler = torch.amp.GradScaler(device.type) if settings.precision == "fp16" else None
@@ -409,6 +414,7 @@ class Trainer:
             self.scaler.load_state_dict(state["grad_scaler"])
         self.best_score, self.best_step = state["best_score"], state["best_step"]
         self.start_step = self.resumed_from = int(state["step"]) + 1
+        self.progress.message(f"resuming from step {self.start_step} of {self.s.iterations} ({path})")
         if self.writer and self.curves_path.exists():
             kept = [
                 line
@@ -460,15 +466,18 @@ class Trainer:
             self.on_log(rows)
 
     def train(self) -> TrainResult:
-        s = self.s
         if self.writer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self.try_resume()
+        with self.progress.task("train", total=self.s.iterations, start=self.start_step, unit="it") as bar:
+            return self._train(bar)
+
+    def _train(self, bar: progress_mod.ProgressTask) -> TrainResult:
+        s = self.s
         self.method.train()
         window: list[tuple[int, float, torch.Tensor, dict[str, torch.Tensor]]] = []
         last_val: dict[str, float] = {}
         t0 = time.perf_counter()
-        progress = _Progress(s.iterations, self.start_step, enabled=self.show_progress and self.writer)
         lr = s.lr
         for step in range(self.start_step, s.iterations):
             lr = poly_lr(s.lr, step, s.iterations, s.poly_power)
@@ -493,12 +502,13 @@ class Trainer:
                 k: (v.detach().float() if torch.is_tensor(v) else torch.tensor(float(v))) for k, v in out.logs.items()
             }
             window.append((step, lr, out.loss.detach().float(), logs))
+            bar.update(step + 1)
 
             last = step == s.iterations - 1
             if (step + 1) % s.log_every == 0 or last:
                 rows = self._flush(window)
                 window = []
-                progress.update(step + 1, rows[-1], last_val)
+                bar.update(step + 1, **_progress_terms(rows[-1]))
             if (step + 1) % s.val_every == 0 or last:
                 self.require_finite(step)  # every rank (their weights agree), before anything is selected or saved
             if ((step + 1) % s.val_every == 0 or last) and self.writer:
@@ -508,10 +518,10 @@ class Trainer:
                     self.best_score, self.best_step = score, step
                     self._save_weights("best.pt", step, score)
                 self._write_curves([{"step": step, "event": "val", **last_val}])
-                progress.update(step + 1, None, last_val)
+                bar.update(step + 1, val_dice=last_val.get("dice_lesion", math.nan))
             if (step + 1) % s.checkpoint_every == 0 and not last:
                 self.save_latest(step)
-        progress.close()
+        bar.close()  # the closing line comes before the final checkpoint is written
         seconds = time.perf_counter() - t0
         done = s.iterations - self.start_step
         self.require_finite(s.iterations - 1)  # a resumed run that had nothing left to train comes here directly
@@ -569,40 +579,7 @@ class Trainer:
         return rows
 
 
-class _Progress:
-    """A rich progress bar: step/total, it/s, ETA, loss terms, lr and the last val Dice."""
-
-    def __init__(self, total: int, start: int, enabled: bool) -> None:
-        self.enabled = enabled
-        if not enabled:
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self._bar = Progress(
-            TextColumn("[bold]train"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[speed]}"),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[info]}"),
-            transient=False,
-        )
-        self._bar.start()
-        self._task = self._bar.add_task("train", total=total, completed=start, speed="", info="")
-        self._t0, self._s0 = time.perf_counter(), start
-        self._info = ""
-
-    def update(self, step: int, row: dict[str, Any] | None, val: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        elapsed = time.perf_counter() - self._t0
-        speed = f"{(step - self._s0) / elapsed:.2f} it/s" if elapsed > 0 else ""
-        if row is not None:
-            terms = " ".join(f"{k}={v:.3f}" for k, v in row.items() if k not in ("step", "lr"))
-            self._info = f"{terms} lr={row['lr']:.2e}"
-        val_txt = f" val_dice={val.get('dice_lesion', math.nan):.3f}" if val else ""
-        self._bar.update(self._task, completed=step, speed=speed, info=self._info + val_txt)
-
-    def close(self) -> None:
-        if self.enabled:
-            self._bar.stop()
+def _progress_terms(row: dict[str, Any]) -> dict[str, float]:
+    """The loss terms of a curves row, loss first and lr last (what a progress line shows)."""
+    terms = {k: v for k, v in row.items() if k not in ("step", "lr")}
+    return {**terms, "lr": row["lr"]}

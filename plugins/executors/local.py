@@ -13,9 +13,11 @@ from typing import Any
 
 from harness.execution.executors import Executor
 from harness.execution.joblog import LOG_FILE, Log, end_job, write_job
-from harness.execution.tasks import ExecutorError, Report, Request, RunTask, cpu_count, run_task, visible_gpus
+from harness.execution.tasks import ExecutorError, Report, Request, RunTask, run_task, visible_gpus
 from harness.hookspecs import hookimpl
 from harness.runs.store import read_run
+from harness.threads import ThreadChoice
+from harness.threads import decide as decide_threads
 from harness.training import ddp
 
 _SLOT: dict[str, Any] = {}
@@ -35,7 +37,7 @@ class LocalParams:
             raise ValueError(f"--jobs must be at least 1, got {self.jobs}")
 
 
-def _init_worker(slots: Any, gpu_groups: list[list[str]] | None, threads: int) -> None:
+def _init_worker(slots: Any, gpu_groups: list[list[str]] | None, threads: ThreadChoice) -> None:
     """Pool-worker start: take a slot, pin the slot's GPU(s) (before CUDA starts) and the thread count."""
     import torch
 
@@ -43,8 +45,8 @@ def _init_worker(slots: Any, gpu_groups: list[list[str]] | None, threads: int) -
     _SLOT.update(slot=slot, threads=threads)
     if gpu_groups:
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_groups[slot % len(gpu_groups)])
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads.threads)
+    torch.set_num_threads(threads.threads)
 
 
 def _pool_run(task: RunTask) -> str:
@@ -55,7 +57,8 @@ class LocalExecutor(Executor):
     """Trains runs on this machine: one after another, or ``--jobs N`` at a time in N processes.
 
     With several GPUs visible each process is pinned to its own GPU(s) (CUDA_VISIBLE_DEVICES), and
-    torch's threads are set to cores / N so that N processes do not oversubscribe the CPU.
+    torch's threads are set to the free cores / N (harness.threads) so that N processes do not
+    oversubscribe the CPU.
     """
 
     Params = LocalParams
@@ -115,9 +118,10 @@ class LocalExecutor(Executor):
             groups = []  # one GPU (or none): nothing to pin, the jobs share it
         elif groups and len(groups) < jobs:
             request.log(f"note: {jobs} jobs share {len(groups)} GPU group(s) of {per_job}")
-        threads = max(1, cpu_count() // (jobs * per_job))
+        # decided once here: each worker would otherwise count the others as load
+        threads = decide_threads(jobs=jobs * per_job, override=request.threads)
         request.log(
-            f"local executor: {jobs} processes, {threads} torch thread(s) each"
+            f"local executor: {jobs} processes, {threads.threads} torch thread(s) each ({threads.reason})"
             + (f", GPUs {' | '.join(','.join(g) for g in groups)}" if groups else "")
         )
         ctx = multiprocessing.get_context("spawn")

@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw
 from rich.console import Console
 from rich.table import Table
 
+from harness import threads as threads_mod
 from harness.api import params_dict, resolve_params
 from harness.cli import options
 from harness.config.params import ConfigError, parse_overrides
@@ -146,9 +147,12 @@ def generate(
     quantile: float = typer.Option(0.99, "--quantile", help="Held-out quantile above which a sample is a near-copy."),
     inception: Path = typer.Option(None, "--inception", help="Local torchvision Inception-v3 weights file for FID."),
     device: str = options.device_option(),
+    threads: int = typer.Option(None, "--threads", min=1, help="torch threads (default: the free cores)."),
 ) -> None:
     """Fit (or reuse) the generator of one fold and report its samples' memorisation and fidelity."""
     console = Console()
+    choice = threads_mod.apply(threads_mod.decide(override=threads))
+    console.print(f"torch threads: {choice.threads} ({choice.reason})", markup=False, highlight=False)
     dev = resolve_device(device)
     preset = resolve_preset(preset, dev.type == "cuda")
     size = image_size or get_preset(preset).image_size

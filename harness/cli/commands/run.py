@@ -125,6 +125,12 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
     executor: str = typer.Option("local", "--executor", help="Where runs train: local, slurm or a plugin's executor."),
     jobs: int = typer.Option(None, "--jobs", help="local: runs trained at once, each in its own process (and GPU)."),
+    threads: int = typer.Option(
+        None, "--threads", min=1, help="torch threads per process (default: the free cores this process may use)."
+    ),
+    keep_resume_state: bool = typer.Option(
+        False, "--keep-resume-state", help="Keep finished runs' checkpoints/latest.pt (optimiser and RNG state)."
+    ),
     gpus: int = typer.Option(1, "--gpus", min=1, help="Processes (GPUs) per run; > 1 trains each run with DDP."),
     sync_bn: bool = typer.Option(None, "--sync-bn/--no-sync-bn", help="SyncBatchNorm with --gpus > 1 (default: CUDA)."),
     wait: bool = typer.Option(False, "--wait", help="Block until submitted runs have finished (slurm)."),
@@ -155,7 +161,8 @@ def run(
         if metrics_alias != "published":
             raise typer.BadParameter(f"--metrics {metrics_alias!r}: bench run only knows --published-metrics")
         published_metrics = True
-    console = Console(quiet=not ddp.env_rank_zero())  # under torchrun, rank 0 speaks for all
+    # soft_wrap: a log line stays one line in a log file (rich would wrap it at 80 columns)
+    console = Console(quiet=not ddp.env_rank_zero(), soft_wrap=True)  # under torchrun, rank 0 speaks for all
     runner = build_executor(executor, executor_options(executor, jobs, executor_values or {}, exec_set))
     trackers = check_tracker_choice(parse_tracker_choice(tracker, tracker_set), get_registry(), console.print)
     cuda = resolve_device(device).type == "cuda"
@@ -229,7 +236,8 @@ def run(
         return
     request = Request(
         runs, out, device, gpus, sync_bn, wait, show_progress=not quiet, log=console.print, trackers=trackers,
-        retrain_changed=retrain_changed, restart_damaged=restart_damaged,
+        retrain_changed=retrain_changed, restart_damaged=restart_damaged, threads=threads,
+        keep_resume_state=keep_resume_state,
     )  # fmt: skip
     finish(runner.submit(request), out, console.print)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import os
 import time
@@ -19,6 +20,7 @@ from harness.errors import UserError
 from plugins.generators.ldm import networks, training
 from plugins.generators.ldm.params import PRESETS, SAMPLING_FIELDS, LDMParams
 from plugins.generators.ldm.sampling import ddim_sample
+from plugins.generators.ldm.stages import FitTracker
 
 CHECKPOINT = "ldm.safetensors"
 #: bump when a change to the code makes old fitted models invalid (part of the cache key)
@@ -128,8 +130,17 @@ class LatentDiffusionGenerator(Generator):
         gen = torch.Generator().manual_seed(self.seed)
         start = time.perf_counter()
         x = training.to_unit(images).to(self.device)
+        # each stage keeps a checkpoint in workdir: an interrupted fit continues where it stopped
+        identity = {
+            "format": CACHE_VERSION,
+            "params": params_dict(p),
+            "seed": self.seed,
+            "images_sha256": hashlib.sha256(images.cpu().numpy().tobytes()).hexdigest(),
+            "strata": list(strata) if p.conditional and strata is not None else None,
+        }
+        tracker = FitTracker(Path(workdir) if workdir is not None else None, self.progress, identity)
 
-        ae_facts = training.train_autoencoder(self.autoencoder, x, p, gen, self._autocast)
+        ae_facts = training.train_autoencoder(self.autoencoder, x, p, gen, self._autocast, tracker)
         posteriors = training.encode_posteriors(self.autoencoder, x, p.ae_batch * 4, self._autocast, p.hflip)
         self.latent_shift, self.latent_scale = training.latent_statistics(posteriors, gen)
         recon_error = self._reconstruction_error(x)
@@ -147,6 +158,7 @@ class LatentDiffusionGenerator(Generator):
             p,
             gen,
             self._autocast,
+            tracker.stage("denoiser", p.unet_steps, {}),
         )
         if ema is not None:
             self.denoiser = ema.module
@@ -198,6 +210,7 @@ class LatentDiffusionGenerator(Generator):
             class_probs=self.class_probs,
             device=self.device,
             autocast=self._autocast,
+            progress=self.progress,
         )
         assert images.shape == (n, 1, size, size) and images.dtype == torch.uint8, images.shape
         return images

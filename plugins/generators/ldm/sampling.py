@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from harness.progress import SILENT, Reporter
 from plugins.generators.ldm.networks import sampling_scheduler
 from plugins.generators.ldm.params import LDMParams
 from plugins.generators.ldm.training import Autocast, to_uint8
@@ -28,6 +29,7 @@ def ddim_sample(
     class_probs: torch.Tensor | None,
     device: torch.device,
     autocast: Autocast,
+    progress: Reporter = SILENT,
 ) -> torch.Tensor:
     """``n`` images (n x 1 x H x W uint8, on the CPU).
 
@@ -41,12 +43,14 @@ def ddim_sample(
         classes = torch.multinomial(class_probs, n, replacement=True, generator=gen)
         null_class = class_probs.numel()
     out = []
+    bar = progress.task("ldm sampling", total=n, unit="img")
     for start in range(0, n, params.sample_batch):
         scheduler = sampling_scheduler(params)
         scheduler.set_timesteps(params.sample_steps, device=device)
         x = noise[start : start + params.sample_batch].to(device) * scheduler.init_noise_sigma
         labels = None if classes is None else classes[start : start + params.sample_batch].to(device)
-        for t in scheduler.timesteps:
+        for k, t in enumerate(scheduler.timesteps):
+            bar.update(start + x.shape[0] * k / len(scheduler.timesteps))
             model_in = scheduler.scale_model_input(x, t)
             with autocast():
                 if labels is None:
@@ -68,6 +72,8 @@ def ddim_sample(
         with autocast():
             decoded = ae.decode(x / scale + shift).sample
         out.append(to_uint8(decoded).cpu())
+        bar.update(start + x.shape[0])
+    bar.close()
     if not out:
         size = latent_size * params.downsampling
         return torch.empty((0, 1, size, size), dtype=torch.uint8)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ import torch.nn.functional as F
 
 from plugins.generators.ldm.networks import EMA
 from plugins.generators.ldm.params import LDMParams
+from plugins.generators.ldm.stages import FitTracker, Stage
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DModel
@@ -99,14 +99,22 @@ def spectral_loss(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def train_autoencoder(
-    ae: AutoencoderKL, images: torch.Tensor, params: LDMParams, gen: torch.Generator, autocast: Autocast
+    ae: AutoencoderKL,
+    images: torch.Tensor,
+    params: LDMParams,
+    gen: torch.Generator,
+    autocast: Autocast,
+    tracker: FitTracker | None = None,
 ) -> dict[str, Any]:
-    """Fit ``ae`` on ``images`` (N x 1 x H x W in [-1, 1], on the device): reconstruction + KL."""
+    """Fit ``ae`` on ``images`` (N x 1 x H x W in [-1, 1], on the device): reconstruction + KL.
+
+    ``tracker``: progress and a resumable checkpoint of the stage (see :mod:`.stages`).
+    """
     ae.train()
     opt = adamw(ae, params.ae_lr)
     curve = _Curve(params.ae_steps)
-    start = time.perf_counter()
-    for step in range(params.ae_steps):
+    stage = (tracker or FitTracker()).stage("autoencoder", params.ae_steps, {"model": ae, "optimizer": opt})
+    for step in range(stage.restore(gen, curve), params.ae_steps):
         for group in opt.param_groups:
             group["lr"] = learning_rate(params.ae_lr, step, params.ae_steps)
         idx = torch.randint(images.shape[0], (params.ae_batch,), generator=gen).to(images.device)
@@ -123,8 +131,10 @@ def train_autoencoder(
         clip_gradients(ae, params.grad_clip)
         opt.step()
         curve.add(step, loss)
+        stage.step_done(step, loss, gen, curve)
     ae.eval()
-    return {"seconds": time.perf_counter() - start, "final_loss": curve.final, "curve": curve.points}
+    stage.finish(gen, curve)
+    return {"seconds": stage.seconds, "final_loss": curve.final, "curve": curve.points}
 
 
 @dataclass
@@ -176,11 +186,14 @@ def train_denoiser(
     params: LDMParams,
     gen: torch.Generator,
     autocast: Autocast,
+    stage: Stage | None = None,
 ) -> dict[str, Any]:
     """Fit the denoiser on scaled latents.
 
     ``labels`` (per-image class ids, or None) are replaced by ``null_class`` with probability
     ``cond_dropout``, which trains the unconditional model classifier-free guidance needs.
+    ``stage``: its progress line and resumable checkpoint (made by the caller, who also keeps
+    the latent shift and scale in it).
     """
     device = posteriors.mean.device
     n_total = posteriors.mean.shape[0]
@@ -188,8 +201,9 @@ def train_denoiser(
     unet.train()
     opt = adamw(unet, params.unet_lr)
     curve = _Curve(params.unet_steps)
-    start = time.perf_counter()
-    for step in range(params.unet_steps):
+    stage = stage or FitTracker().stage("denoiser", params.unet_steps, {})
+    stage.modules.update(model=unet, optimizer=opt, **({"ema": ema} if ema is not None else {}))
+    for step in range(stage.restore(gen, curve), params.unet_steps):
         for group in opt.param_groups:
             group["lr"] = learning_rate(params.unet_lr, step, params.unet_steps)
         image_idx = torch.randint(n_images, (params.unet_batch,), generator=gen)
@@ -216,5 +230,7 @@ def train_denoiser(
         if ema is not None:
             ema.update(unet)
         curve.add(step, loss)
+        stage.step_done(step, loss, gen, curve)
     unet.eval()
-    return {"seconds": time.perf_counter() - start, "final_loss": curve.final, "curve": curve.points}
+    stage.finish(gen, curve)
+    return {"seconds": stage.seconds, "final_loss": curve.final, "curve": curve.points}
