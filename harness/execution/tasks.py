@@ -58,6 +58,10 @@ class RunTask:
     restart_damaged: bool = False
     #: segbench and component plugin versions where the run was resolved (checked where it trains)
     versions: dict[str, str] = field(default_factory=dict)
+    #: torch threads (``--threads``); None: the thread policy decides (harness.threads)
+    threads: int | None = None
+    #: keep checkpoints/latest.pt (optimisers, RNG) after the run finished (``--keep-resume-state``)
+    keep_resume_state: bool = False
 
     @property
     def run_id(self) -> str:
@@ -66,10 +70,6 @@ class RunTask:
     @property
     def name(self) -> str:
         return self.run.name
-    #: torch threads (``--threads``); None: the thread policy decides (harness.threads)
-    threads: int | None = None
-    #: keep checkpoints/latest.pt (optimisers, RNG) after the run finished (``--keep-resume-state``)
-    keep_resume_state: bool = False
 
     @property
     def out_path(self) -> Path:
