@@ -51,8 +51,8 @@ def launch(name: str, extra: list[str], busy: bool, bench: str, nice: int) -> di
     """One fresh run of the main command; returns its wall time and what the run recorded."""
     work = Path(tempfile.mkdtemp(prefix=f"bench-threads-{name}-"))
     env = {**os.environ, "SEGBENCH_CACHE": str(work / "cache")}
-    for name in ("OMP_NUM_THREADS", "SEGBENCH_THREADS"):  # the policy, not the environment, decides
-        env.pop(name, None)
+    for variable in ("OMP_NUM_THREADS", "SEGBENCH_THREADS"):  # the policy, not the environment, decides
+        env.pop(variable, None)
     spinner = subprocess.Popen(["nice", "-n", str(nice), sys.executable, "-c", SPIN]) if busy else None
     try:
         if spinner is not None:
