@@ -499,7 +499,7 @@ def execute(
         try:
             with progress.reporting(progress.installed_or_console(show_progress)):
                 _phases(
-                    run, run_dir, Path(out_dir), record, device, log, show_progress, registry, tracked,
+                    run, run_dir, Path(out_dir), record, device, log, registry, tracked,
                     resumed_data=resumed_data, retrain_changed=retrain_changed, restart_damaged=restart_damaged,
                     dist=dist, on_prepared=on_prepared,
                 )  # fmt: skip
