@@ -159,7 +159,10 @@ class ProgressTask:
         self.reporter, self.label, self.unit = reporter, label, unit
         self.total = float(total)
         self.start = self.done = float(start)
-        self._t0 = self._last_line = reporter.clock()
+        self._t0 = reporter.clock()
+        # a task opened after a silence (setup work no task covered) writes its first line as soon as
+        # the interval since the reporter's last line has passed, not a whole interval after it opened
+        self._last_line = reporter._last_line_at if reporter._last_line_at is not None else self._t0
         self._raw: dict[str, Any] = {}
         self._terms: dict[str, float] = {}
         self._terms_read = -math.inf
@@ -269,6 +272,7 @@ class Reporter:
         self.min_reported = min_reported
         self._live_task: ProgressTask | None = None
         self._open: list[ProgressTask] = []
+        self._last_line_at: float | None = None
 
     def task(self, label: str, total: float, *, start: float = 0, unit: str = "it") -> ProgressTask:
         """Open a task of ``total`` units, ``start`` of them already done (a resumed loop)."""
@@ -286,6 +290,7 @@ class Reporter:
     # ---------------------------------------------------------------- internals
 
     def _line(self, text: str, always_echo: bool = False) -> None:
+        self._last_line_at = self.clock()
         if self.record is not None:
             self.record(text)
         if self.echo is not None and (always_echo or self._live_task is None):

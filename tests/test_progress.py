@@ -143,3 +143,14 @@ def test_a_task_left_open_by_an_exception_is_closed_as_stopped_when_reporting_en
         bar.update(80)
         raise KeyboardInterrupt
     assert bar.closed and record[-1].startswith("ldm denoiser stopped at 80/800 step in 40s")
+
+
+def test_a_task_opened_after_a_silence_reports_at_the_interval_since_the_last_line() -> None:
+    clock = FakeClock()
+    reporter, record, _ = make(clock)
+    reporter.message("generator ldm: fitting")
+    clock.now += 25  # setup work that no task covers
+    bar = reporter.task("ldm autoencoder", total=100, unit="step")
+    clock.now += 6
+    bar.update(1)
+    assert record[-1].startswith("ldm autoencoder 1/100 step")  # 31 s after the last line, not 60

@@ -141,7 +141,9 @@ class LatentDiffusionGenerator(Generator):
         tracker = FitTracker(Path(workdir) if workdir is not None else None, self.progress, identity)
 
         ae_facts = training.train_autoencoder(self.autoencoder, x, p, gen, self._autocast, tracker)
-        posteriors = training.encode_posteriors(self.autoencoder, x, p.ae_batch * 4, self._autocast, p.hflip)
+        posteriors = training.encode_posteriors(
+            self.autoencoder, x, p.ae_batch * 4, self._autocast, p.hflip, progress=self.progress
+        )
         self.latent_shift, self.latent_scale = training.latent_statistics(posteriors, gen)
         recon_error = self._reconstruction_error(x)
 
@@ -185,10 +187,12 @@ class LatentDiffusionGenerator(Generator):
     def _reconstruction_error(self, x: torch.Tensor) -> float:
         """Mean absolute reconstruction error of the training images, in grey levels (0-255)."""
         total = 0.0
-        for chunk in x.split(self.params.ae_batch * 4):
-            with self._autocast():
-                recon = self.autoencoder.decode(self.autoencoder.encode(chunk).latent_dist.mode()).sample
-            total += float((training.to_uint8(recon).float() - training.to_uint8(chunk).float()).abs().sum())
+        with self.progress.task("ldm reconstruction check", total=x.shape[0], unit="img") as bar:
+            for chunk in x.split(self.params.ae_batch * 4):
+                with self._autocast():
+                    recon = self.autoencoder.decode(self.autoencoder.encode(chunk).latent_dist.mode()).sample
+                total += float((training.to_uint8(recon).float() - training.to_uint8(chunk).float()).abs().sum())
+                bar.advance(chunk.shape[0])
         return round(total / x.numel(), 3)
 
     def sample(self, n: int, seed: int) -> torch.Tensor:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
+from harness.progress import SILENT, Reporter
 from plugins.generators.ldm.networks import EMA
 from plugins.generators.ldm.params import LDMParams
 from plugins.generators.ldm.stages import FitTracker, Stage
@@ -147,17 +148,24 @@ class Posteriors:
 
 @torch.no_grad()
 def encode_posteriors(
-    ae: AutoencoderKL, images: torch.Tensor, batch: int, autocast: Autocast, with_flips: bool
+    ae: AutoencoderKL,
+    images: torch.Tensor,
+    batch: int,
+    autocast: Autocast,
+    with_flips: bool,
+    progress: Reporter = SILENT,
 ) -> Posteriors:
     """Encode once, so that the denoiser's training never runs the encoder; flips are stacked after."""
     sources = [images, images.flip(-1)] if with_flips else [images]
     means, stds = [], []
-    for source in sources:
-        for chunk in source.split(batch):
-            with autocast():
-                dist = ae.encode(chunk).latent_dist
-            means.append(dist.mean.float())
-            stds.append(dist.std.float())
+    with progress.task("ldm encoding", total=len(sources) * images.shape[0], unit="img") as bar:
+        for source in sources:
+            for chunk in source.split(batch):
+                with autocast():
+                    dist = ae.encode(chunk).latent_dist
+                means.append(dist.mean.float())
+                stds.append(dist.std.float())
+                bar.advance(chunk.shape[0])
     return Posteriors(torch.cat(means), torch.cat(stds))
 
 
