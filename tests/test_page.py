@@ -14,7 +14,8 @@ from test_report import make_store
 from typer.testing import CliRunner
 
 from harness.cli.app import build_app
-from harness.reporting.page import MARKER, PageError, build_page
+from harness.reporting.output import OutputError
+from harness.reporting.page import MARKER, build_page
 from harness.reporting.plots import PlotError, dice_vs_iterations
 from harness.runs.replay import replay, spec_from_record
 from harness.runs.resolve import RunSpec, resolve
@@ -92,7 +93,7 @@ def test_page_holds_setup_table_runs_and_commands(tmp_path: Path) -> None:
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
-    with pytest.raises(PageError, match="not a segbench results page"):
+    with pytest.raises(OutputError, match="not a segbench results page"):
         build_page(store, other, figures=False, log=lambda m: None)
     assert (other / "notes.txt").read_text() == "mine"
 

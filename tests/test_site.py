@@ -19,7 +19,8 @@ from PIL import Image
 from test_report import make_store
 
 from harness.reporting.load import load
-from harness.reporting.site import SiteError, build_site, html_tables, site_size
+from harness.reporting.output import OutputError
+from harness.reporting.site import build_site, html_tables, site_size
 from harness.reporting.tables import ReportError, build_tables, cell_text, gain_text
 
 # --------------------------------------------------------------------------- the site, without a browser
@@ -87,7 +88,7 @@ def test_site_refuses_a_folder_that_is_not_a_report_and_replaces_an_old_report(f
     other = tmp_path / "notes"
     other.mkdir()
     (other / "thesis.tex").write_text("keep me")
-    with pytest.raises(SiteError, match="is not a segbench report"):
+    with pytest.raises(OutputError, match="is not a segbench report"):
         build_site(fake_store, other, figures=False, significance=False, log=lambda _m: None)
     assert (other / "thesis.tex").read_text() == "keep me"
     site = tmp_path / "site"

@@ -10,8 +10,6 @@ by hand, so anyone can regenerate the page from their own results.
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,8 +18,8 @@ from typing import Any
 import pandas as pd
 
 from harness import __version__
-from harness.errors import UserError
 from harness.reporting.load import load
+from harness.reporting.output import report_folder
 from harness.reporting.plots import labelled, plot_all
 from harness.reporting.tables import DEFAULT_METRICS, build_tables, fraction_text, render_markdown
 from harness.runs.replay import replay
@@ -39,10 +37,6 @@ FIGURE_TITLES = {
     "generator": "Generator samples beside real training images",
     "nearest": "Generator samples and their nearest training images",
 }
-
-
-class PageError(UserError):
-    """The page cannot be written where asked; the message says what to do."""
 
 
 def _distinct(values: Sequence[Any]) -> str:
@@ -184,15 +178,7 @@ def build_page(
     )
     frame = labelled(frame_all[frame_all["checkpoint"] == checkpoint])
     records = _records(frame)
-    if out.exists() and any(out.iterdir()):
-        page = out / PAGE
-        if not (page.is_file() and MARKER in page.read_text(encoding="utf-8", errors="replace")[:500]):
-            raise PageError(f"--out {out} exists and is not a segbench results page; give a new or empty folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with report_folder(out, PAGE, MARKER, "results page", head=500) as tmp:
         figure_lines, skipped = (
             _figures(root, tmp, checkpoint, images if figures else 0, device, log) if figures else ([], {})
         )
@@ -249,10 +235,4 @@ def build_page(
             )  # fmt: skip
         )
         (tmp / PAGE).write_text("\n\n".join(parts) + "\n", encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out / PAGE

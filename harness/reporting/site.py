@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +25,7 @@ import pandas as pd
 from harness import __version__
 from harness.errors import UserError
 from harness.reporting.load import load, unfinished_runs
+from harness.reporting.output import report_folder
 from harness.reporting.plots import (
     choose_images,
     generator_figures,
@@ -57,10 +57,6 @@ FIGURE_CAPTIONS = {
     "qualitative": "Test images with each method's prediction (red) over the ground truth (dashed green).",
     "generator": "Real training images of the fold beside the generator's samples.",
 }
-
-
-class SiteError(UserError):
-    """The report cannot be written where asked; the message says what to do."""
 
 
 @dataclass
@@ -316,20 +312,6 @@ class _RunPages:
 # --------------------------------------------------------------------------- the site
 
 
-def _prepare_out(out: Path) -> Path:
-    """A fresh temporary folder beside ``out``; ``out`` must be absent, empty or an earlier report."""
-    if out.exists():
-        index = out / "index.html"
-        is_report = index.is_file() and MARKER in index.read_text(encoding="utf-8", errors="replace")[:2000]
-        if not out.is_dir() or (any(out.iterdir()) and not is_report):
-            raise SiteError(f"--out {out} exists and is not a segbench report; give a new or empty folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    return tmp
-
-
 def _site_provenance(records: list[dict[str, Any]]) -> list[tuple[str, str]]:
     def distinct(values: list[str]) -> str:
         return ", ".join(dict.fromkeys(v for v in values if v)) or "unknown"
@@ -368,8 +350,7 @@ def build_site(
         if significance is not None:
             raise
         tables = build_tables(frame_all, significance=False, **options)  # no reference row: no tests to show
-    tmp = _prepare_out(out)
-    try:
+    with report_folder(out, "index.html", MARKER, "report") as tmp:
         figures_dir = tmp / "figures"
         written, skipped = (
             plot_all(root, figures_dir, checkpoint=checkpoint, n_images=images, device=device, log=log)
@@ -428,12 +409,6 @@ def build_site(
         for page in pages:
             html = env.get_template("run.html").render(**common, root="../", run=page, checkpoint=checkpoint)
             (tmp / page.file).write_text(html, encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out / "index.html"
 
 
