@@ -538,7 +538,8 @@ def with_device_precision(run: ResolvedRun, device: torch.device):
     The run keeps its identity (``auto`` is part of its configuration hash); its recorded
     ``config.train.precision`` is the precision that ran, ``precision`` in run.json says why.
     """
-    choice = choose_precision(run.settings.precision, device)
+    source = None if run.spec.precision else f"the {run.spec.preset} preset's {run.settings.precision}"
+    choice = choose_precision(run.settings.precision, device, source=source)
     settings = dataclasses.replace(run.settings, precision=choice.precision)
     config = {**run.config, "train": {**run.config["train"], "precision": choice.precision}}
     return dataclasses.replace(run, settings=settings, config=config), choice

@@ -88,13 +88,15 @@ def choose_precision(
     *,
     flags: frozenset[str] | None = None,
     cuda_bf16: bool | None = None,
+    source: str | None = None,
 ) -> PrecisionChoice:
     """Resolve ``requested`` (auto | bf16 | fp16 | fp32) for ``device``.
 
     ``auto``: bf16 autocast where the hardware computes bf16 natively (CPUs with AVX-512 BF16, AMX
     or Arm BF16; CUDA GPUs of compute capability 8.0 or newer), fp16 with a gradient scaler on CUDA
     GPUs without bf16 (V100, T4), fp32 elsewhere. ``flags`` and ``cuda_bf16`` override the detection
-    (for tests). fp16 is CUDA-only: a CPU has no fast fp16 path and the scaler targets GPUs.
+    (for tests); ``source`` says where an explicit request came from (default: ``--precision``).
+    fp16 is CUDA-only: a CPU has no fast fp16 path and the scaler targets GPUs.
     """
     from harness.errors import UserError
 
@@ -113,7 +115,7 @@ def choose_precision(
         raise UserError("--precision fp16 needs a CUDA GPU (it trains with a gradient scaler); use bf16 or fp32")
     if requested != "auto":
         note = "" if requested != "bf16" or has_bf16 else f"; {native}: emulated, likely slower than fp32"
-        return PrecisionChoice(requested, requested, f"--precision {requested}{note}")
+        return PrecisionChoice(requested, requested, f"{source or '--precision ' + requested}{note}")
     if has_bf16:
         return PrecisionChoice("bf16", "auto", f"auto: {native}")
     if device.type == "cuda":
