@@ -143,7 +143,7 @@ def test_a_preempted_job_is_requeued_and_resumes(cluster, local_results, tmp_pat
     _wait_for(lambda: "stopped" in (run_dir / "run.log").read_text(), "the job to stop on SIGUSR2", timeout=120)
     _wait_for(lambda: json.loads((run_dir / "run.json").read_text()).get("status") == "done", "the requeued job")
     log = (run_dir / "run.log").read_text()
-    assert len(re.findall(rf"attempt on \S+ pid \d+ job {job} ", log)) == 2  # same job id, a second attempt
+    assert len(re.findall(rf"attempt on \S+ pid \d+ job {job}$", log, re.M)) == 2  # same job id, a second attempt
     assert _job(run_dir) == job  # nobody resubmitted it
     _check_resumed(run_dir, local_results)
 
