@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import socket
 import statistics
 import tempfile
@@ -34,19 +33,9 @@ from harness.api import params_dict, resolve_params
 from harness.cli.commands.backbones import backbone_overrides
 from harness.evaluation.complexity import count_parameters
 from harness.plugins import get_registry
+from harness.training.device import cpu_model
 
 SETTINGS = [("fp32", False), ("bf16", False), ("fp32", True), ("bf16", True)]
-
-
-def cpu_model() -> str:
-    """The CPU model name (Linux), else the platform's processor string."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 Step = tuple[Callable[[], None], Callable[[], None]]

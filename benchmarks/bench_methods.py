@@ -20,7 +20,6 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import socket
 import statistics
 import time
@@ -32,7 +31,7 @@ import torch
 from harness.api import resolve_params
 from harness.plugins import get_registry
 from harness.training.augment import DeviceAugmenter
-from harness.training.device import autocast_factory
+from harness.training.device import autocast_factory, cpu_model, describe_device
 from harness.training.losses import bce_dice_loss
 
 METHODS = ("supervised", "mean-teacher", "ua-mt", "cct", "mgcc", "cps")
@@ -197,7 +196,7 @@ def versus_published(args: argparse.Namespace) -> Path:
         "size": args.size, "dim_mult": args.dim_mult, "batch": "4 labeled + 4 unlabeled", "in_channels": 1,
         "steps_per_round": args.steps, "rounds": args.rounds, "timer": args.timer,
         "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "cpu": _load_sibling("bench_backbones").cpu_model(),
+        "cpu": cpu_model(),
         "cpus_available": len(os.sched_getaffinity(0)),
         "load_average_before": [round(v, 2) for v in load_before],
         "load_average_after": [round(v, 2) for v in load_after],
@@ -284,7 +283,7 @@ def main() -> None:
         "benchmark": "one training step per method, cmunet, batch 4 labeled + 4 unlabeled",
         "size": args.size, "dim_mult": args.dim_mult, "steps": args.steps, "rounds": args.rounds,
         "device": str(device),
-        "device_name": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor(),
+        "device_name": describe_device(device),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "results": results,
     }  # fmt: skip
     out.write_text(json.dumps(record, indent=2) + "\n")

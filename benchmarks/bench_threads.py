@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import shutil
 import socket
@@ -33,18 +32,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness.training.device import cpu_model
+
 MAIN = ["run", "--generator", "ldm", "--ssl", "mgcc", "--preset", "quick"]
 SPIN = "while True: pass"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def launch(name: str, extra: list[str], busy: bool, bench: str, nice: int) -> dict:
@@ -119,7 +110,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     summary = {
         "host": socket.gethostname(),
-        "cpu": cpu_name(),
+        "cpu": cpu_model(),
         "usable_cores": len(os.sched_getaffinity(0)),
         "command": "bench " + " ".join(MAIN) + (" " + args.args if args.args else ""),
         "goal": "busy-policy / idle-1-thread <= 1.3",

@@ -29,9 +29,12 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def describe_device(device: torch.device) -> str:
-    """What the device is, for run.json: the GPU's name, or the CPU's model name from /proc/cpuinfo."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+    """What the device is, for run.json: the GPU's name, or the CPU's model name."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else the platform's processor or machine string."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as info:
             for line in info:
