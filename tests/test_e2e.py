@@ -77,17 +77,20 @@ def test_killed_run_resumes_with_identical_metrics(tmp_path):
     assert _metrics(run_dir) == _metrics(full)
 
 
-@pytest.mark.parametrize("ssl", ["supervised", "mgcc"])
+# The quick preset's MGCC run is the README main command less the LDM: about 8 minutes on one busy core
+# here, over 15 on a slower CI machine, hence its own time limit.
+@pytest.mark.parametrize("ssl", ["supervised", pytest.param("mgcc", marks=pytest.mark.timeout(3000))])
 def test_quick_preset_learns_the_phantom(tmp_path, ssl):
     """The quick preset reaches a test Dice >= 0.7 on the phantom and writes per-image metrics."""
-    result = _bench(["run", "--ssl", ssl, "--preset", "quick", "--quiet", "--out", str(tmp_path / "runs")], tmp_path)
+    args = ["run", "--ssl", ssl, "--preset", "quick", "--quiet", "--out", str(tmp_path / "runs")]
+    result = _bench(args, tmp_path, timeout=2800)
     run_dir = _only_run(tmp_path / "runs")
     record = json.loads((run_dir / "run.json").read_text())
     assert record["status"] == "done"
     assert {r["checkpoint"] for r in _metrics(run_dir)} == {"best", "last"}
     assert _mean_lesion_dice(run_dir, "best") >= 0.7, result.stdout[-2000:]
-    again = _bench(["run", "--ssl", ssl, "--preset", "quick", "--quiet", "--out", str(tmp_path / "runs")], tmp_path)
-    assert "skipped" in again.stdout
+    if ssl == "supervised":  # skipping a finished run does not depend on the method: check it once
+        assert "skipped" in _bench(args, tmp_path).stdout
 
 
 def test_two_processes_share_one_results_directory(tmp_path):
