@@ -319,6 +319,13 @@ def test_mixed_settings_give_separate_tables(tmp_path: Path) -> None:
     assert sorted(t.title for t in tables) == ["phantom: 128 px, T = 300", "phantom: 64 px, T = 300"]
 
 
+def test_a_table_of_the_reference_row_alone_has_no_gain_notes(tmp_path: Path) -> None:
+    write_run(tmp_path, "supervised/unet", 0.25, 0)
+    (table,) = build_tables(load(tmp_path), defaults=fake_defaults)
+    assert table.reference and not table.comparisons
+    assert not any("Holm" in note or "paired gain" in note for note in table.notes), table.notes
+
+
 def test_extra_labels_are_flagged(tmp_path: Path) -> None:
     write_run(tmp_path, "supervised/cmunet", 0.25, 0)
     write_run(tmp_path, "mgcc+ldm/cmunet", 0.25, 0, uses_extra_labels=True)

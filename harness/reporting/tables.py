@@ -636,7 +636,7 @@ def _notes(
         "HD95 in pixels (mm where the dataset gives a spacing)."
     )
     notes.append(_policy_summary(runs))
-    if table.reference:
+    if table.reference and table.comparisons:  # a table of the reference row alone has no gain column
         clustered = "cluster" in frame and bool((frame["cluster"] != frame["id"]).any())
         unit = (
             "split-file group (near-duplicate cluster or case)"
