@@ -30,7 +30,7 @@ from matplotlib.ticker import FixedLocator, NullLocator
 from harness.errors import UserError
 from harness.reporting.load import load
 from harness.reporting.stats import run_means
-from harness.reporting.tables import SETTING_KEYS, canonical, fraction_text, method_labels
+from harness.reporting.tables import SETTING_KEYS, canonical, fraction_text, method_labels, row_order
 from harness.runs.store import CURVES_FILE, read_run
 
 Log = Callable[[str], None]
@@ -92,12 +92,6 @@ def labelled(frame: pd.DataFrame, label_defaults: Any = "registry") -> pd.DataFr
     return frame.assign(label=frame["run"].map(labels))
 
 
-def _order(frame: pd.DataFrame) -> list[str]:
-    runs = frame.drop_duplicates("label")
-    keyed = runs.assign(_sup=runs["ssl"] != "supervised", _gen=runs["generator"] != "none")
-    return list(keyed.sort_values(["_sup", "ssl", "_gen", "generator", "backbone", "label"])["label"])
-
-
 # --------------------------------------------------------------------------- Dice figures
 
 
@@ -106,7 +100,7 @@ def dice_box(frame: pd.DataFrame, colours: dict[str, Any] | None = None) -> Figu
     lesion = frame[frame["lesion"]]
     if lesion.empty:
         raise PlotError("no test image with a lesion: per-image Dice plots need some")
-    order = _order(frame)
+    order = row_order(frame)
     colours = colours or palette(order)
     fractions = sorted(lesion["labeled"].unique())
     fig = new_figure(3.2 * len(fractions) + 2.5, 0.45 * len(order) + 1.6)
@@ -150,7 +144,7 @@ def dice_vs_fraction(frame: pd.DataFrame, colours: dict[str, Any] | None = None)
     means = means.assign(label=means["run"].map(runs["label"]), labeled=means["run"].map(runs["labeled"]))
     if means.empty:
         raise PlotError("no test image with a lesion: Dice vs labeled fraction needs some")
-    order = [label for label in _order(frame) if label in set(means["label"])]
+    order = [label for label in row_order(frame) if label in set(means["label"])]
     colours = colours or palette(order)
     fractions = sorted(means["labeled"].unique())
     several_runs = bool((means.groupby(["label", "labeled"]).size() > 1).any())
@@ -218,7 +212,7 @@ def dice_vs_iterations(frame: pd.DataFrame, colours: dict[str, Any] | None = Non
     )
     if means.empty:
         raise PlotError("no test image with a lesion: Dice vs iterations needs some")
-    order = [label for label in _order(frame) if label in set(means["label"])]
+    order = [label for label in row_order(frame) if label in set(means["label"])]
     colours = colours or palette(order)
     fractions = sorted(means["labeled"].unique())
     styles = dict(zip(fractions, ("-", "--", ":", "-."), strict=False))
@@ -632,7 +626,7 @@ def plot_all(
         written.extend(save_figure(fig, out, name))
 
     for suffix, part in _settings(frame):
-        order = _order(part)
+        order = row_order(part)
         colours = palette(order)
         attempt(f"dice_per_image{suffix}", lambda p=part, c=colours: dice_box(p, c))
         attempt(f"dice_vs_fraction{suffix}", lambda p=part, c=colours: dice_vs_fraction(p, c))
@@ -642,7 +636,7 @@ def plot_all(
             grid = functools.partial(_qualitative, part, order, n_images, fraction, checkpoint, device, log, datasets)
             attempt(f"qualitative{suffix}", grid)
     if frame["iterations"].nunique() > 1:  # runs of several budgets: the budget curve spans the settings
-        attempt("dice_vs_iterations", lambda: dice_vs_iterations(frame, palette(_order(frame))))
+        attempt("dice_vs_iterations", lambda: dice_vs_iterations(frame, palette(row_order(frame))))
     for name, fig in generator_figures(frame, Path(runs), cache=datasets):
         written.extend(save_figure(fig, out, name))
     return written, skipped

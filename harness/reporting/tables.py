@@ -201,7 +201,7 @@ def method_labels(runs: pd.DataFrame, defaults: Defaults | None = registry_defau
     return labels
 
 
-def _row_order(runs: pd.DataFrame) -> list[str]:
+def row_order(runs: pd.DataFrame) -> list[str]:
     """Supervised rows first, then by method, generator (none first) and backbone, in label order."""
     keyed = runs.drop_duplicates("label").assign(
         _sup=lambda d: d["ssl"] != "supervised", _gen=lambda d: d["generator"] != "none"
@@ -516,7 +516,7 @@ def _one_table(
     missing: list[tuple[str, str]],
 ) -> ResultTable:
     fractions = sorted(float(f) for f in runs["labeled"].unique())
-    rows = _row_order(runs)
+    rows = row_order(runs)
     cells, counts, kept = _cells(frame, runs, metrics, fractions, rows)
     refs = _reference_rows(runs, rows, compare)
     if significance and not refs:
