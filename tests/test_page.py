@@ -74,6 +74,15 @@ def test_replay_command_is_short_and_marks_what_does_not_resolve() -> None:
     assert not replay(record, "runs").exact
 
 
+def test_replay_runs_at_the_recorded_thread_count_on_a_cpu_only() -> None:
+    record = _record(SPECS[1], with_spec=True)
+    assert "--threads" not in replay(record, "runs").text  # an older run.json without a thread count
+    record.update(threads=1, device="cpu")
+    assert replay(record, "runs").text.endswith("--threads 1 --out runs")
+    record.update(threads=8, device="cuda:0")
+    assert "--threads" not in replay(record, "runs").text
+
+
 def test_page_holds_setup_table_runs_and_commands(tmp_path: Path) -> None:
     store = make_store(tmp_path / "runs", ("supervised/cmunet", "mgcc+ldm/cmunet"))
     page = build_page(
@@ -88,6 +97,7 @@ def test_page_holds_setup_table_runs_and_commands(tmp_path: Path) -> None:
     n_runs = 2 * 2 * 3  # 2 methods x 2 fractions x 3 folds
     assert len(run_lines) == n_runs
     assert text.count("    bench run --") == n_runs + 1  # the command given, then one replay line per run
+    assert text.count(f"--out {tmp_path / 'runs'}-again") == n_runs  # replays go to a fresh store, not skipped
     # a second build replaces the page; a folder that is not a page is refused
     build_page(store, tmp_path / "page", figures=False, log=lambda m: None)
     other = tmp_path / "other"
@@ -131,10 +141,8 @@ def test_page_of_real_runs_and_a_run_trained_again_from_its_command(tmp_path: Pa
     assert "figures/dice_vs_iterations.png" in text and (tmp_path / "page/figures/dice_vs_iterations.png").exists()
     commands = [line.strip() for line in text.splitlines() if line.startswith("    bench run --")]
     assert len(commands) == 4 and not any("does not resolve" in c for c in commands)
-    again = tmp_path / "again"
-    args = shlex.split(commands[0])[1:]
-    args[args.index("--out") + 1] = str(again)
-    _bench(args, tmp_path)
+    _bench(shlex.split(commands[0])[1:], tmp_path)  # as printed: into the fresh store runs-again
+    again = tmp_path / "runs-again"
     (first,) = [json.loads(p.read_text()) for p in again.glob("*/run.json")]
     original = json.loads((runs / first["name"] / "run.json").read_text())
     assert first["run_id"] == original["run_id"]

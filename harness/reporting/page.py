@@ -183,7 +183,8 @@ def build_page(
             _figures(root, tmp, checkpoint, images if figures else 0, device, log) if figures else ([], {})
         )
         rows, total, span = run_rows(records, checkpoint)
-        replays = [(row, replay(rec, str(root))) for row, rec in records]
+        again = f"{str(root).rstrip('/')}-again"  # a fresh store: the recorded runs would be skipped as done
+        replays = [(row, replay(rec, again)) for row, rec in records]
         dataset = _distinct([(rec.get("data") or {}).get("name") for _, rec in records])
         created = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         parts = [
@@ -227,8 +228,9 @@ def build_page(
             parts.append("The results were produced with:\n\n" + "\n".join(f"    {c}" for c in commands))
         exact = sum(r.exact for _, r in replays)
         parts.append(
-            f"Each run again, alone (from the directory the runs were made in; {exact} of {len(replays)} commands "
-            "resolve to the recorded run id, the others are marked):\n\n"
+            f"Each run again, alone, from the directory the runs were made in, into the fresh store `{again}` at the "
+            f"thread count it used; `bench table {again}` then shows its test Dice ({exact} of {len(replays)} "
+            "commands resolve to the recorded run id, the others are marked):\n\n"
             + "\n".join(
                 f"    {r.text}" + ("" if r.exact else "   # does not resolve to the recorded run id")
                 for _, r in replays

@@ -156,9 +156,17 @@ def _shortest(spec: RunSpec, target: str, registry: Registry | None) -> RunSpec:
 
 
 def replay(run: dict[str, Any], out: str, registry: Registry | None = None) -> Replay:
-    """The command that retrains the recorded ``run`` into ``out``, resolved again to check its run id."""
+    """The command that retrains the recorded ``run`` into ``out``, resolved again to check its run id.
+
+    It runs at the thread count the run recorded: the id does not depend on it, but a CPU's results can
+    (the order in which a convolution sums over threads), and a replay should give the same numbers.
+    """
     spec = spec_from_record(run)
     run_id = _run_id(spec, registry)
     if run_id is not None and run_id == run.get("run_id"):
         spec = _shortest(spec, run_id, registry)
-    return Replay(command_for(spec, out), run_id, run.get("run_id"))
+    argv = command_for(spec, out)
+    threads = run.get("threads")
+    if isinstance(threads, int) and threads > 0 and (run.get("device") or "cpu") == "cpu":
+        argv[-2:-2] = ["--threads", str(threads)]
+    return Replay(argv, run_id, run.get("run_id"))
