@@ -10,6 +10,7 @@ by hand, so anyone can regenerate the page from their own results.
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from harness import __version__
+from harness.reporting.generator_reports import memorisation_reports, memorisation_rows, number
 from harness.reporting.load import load
 from harness.reporting.output import report_folder
 from harness.reporting.plots import labelled, plot_all
@@ -151,6 +153,57 @@ def _figures(root: Path, out: Path, checkpoint: str, images: int, device: str, l
     return lines, skipped
 
 
+def _fidelity_rows(report: dict[str, Any]) -> list[list[str]]:
+    fidelity = report.get("fidelity") or {}
+    samples, noise = fidelity.get("samples") or {}, fidelity.get("noise") or {}
+    definitions = fidelity.get("definitions") or {}
+    return [
+        [f"{key} ({definitions.get(key, '')})", number(samples.get(key)), number(noise.get(key))] for key in samples
+    ]
+
+
+def generator_section(records: list[tuple[pd.Series, dict[str, Any]]], root: Path, figures: Path) -> list[str]:
+    """Per generator the runs used: its memorisation and fidelity report and nearest pairs, or how to make them."""
+    used: dict[str, tuple[str, Any]] = {}
+    for _, rec in records:
+        info = rec.get("generator") or {}
+        if info.get("cache_key"):
+            used.setdefault(info["cache_key"], ((rec.get("config") or {}).get("generator"), rec["config"].get("fold")))
+    if not used:
+        return []
+    reports = memorisation_reports(root)
+    parts = ["## Generator"]
+    for key, (name, fold) in sorted(used.items(), key=lambda item: str(item[1][1])):
+        found = reports.get(key)
+        if found is None:
+            parts.append(
+                f"{name}, fold {fold} (cache `{key[:12]}`): no memorisation report. `bench generate --data ... "
+                f"--fold {fold} --cache-dir {root / 'generators'} --out {root / 'generate'}/fold{fold}` with the "
+                "runs' generator settings scores the cached fit without fitting again."
+            )
+            continue
+        directory, report = found
+        fit = report.get("fit") or {}
+        head = (
+            f"**{name}, fold {fold}** (cache `{key[:12]}`, {report.get('n_samples')} samples scored against "
+            f"{report.get('n_train')} training and {report.get('n_heldout')} held-out images; fitted in "
+            f"{_duration(fit.get('fit_seconds'))}; report `{directory.relative_to(root)}/report.json`)"
+        )
+        parts += [head, _markdown_table(["memorisation", ""], [list(row) for row in memorisation_rows(report)])]
+        fidelity = _fidelity_rows(report)
+        if fidelity:
+            parts.append(
+                _markdown_table(["fidelity against the training images", "samples", "uniform noise"], fidelity)
+            )
+        nearest = directory / "nearest.png"
+        if nearest.is_file():
+            figures.mkdir(parents=True, exist_ok=True)
+            target = figures / f"nearest_fold{fold}_{key[:12]}.png"
+            shutil.copy2(nearest, target)
+            parts.append(f"![{FIGURE_TITLES['nearest']}](figures/{target.name})\n")
+    return parts
+
+
 def build_page(
     runs: Path | str,
     out: Path | str,
@@ -201,6 +254,7 @@ def build_page(
             parts += ["## Figures", *figure_lines]
         if skipped:
             parts.append("Figures left out: " + "; ".join(f"{k} ({v})" for k, v in sorted(skipped.items())) + ".")
+        parts += generator_section(records, Path(root), tmp / "figures")
         parts += [
             "## Runs",
             _markdown_table(

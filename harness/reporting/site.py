@@ -12,7 +12,6 @@ moved into place, so a failed build leaves no half-written report.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +23,7 @@ import pandas as pd
 
 from harness import __version__
 from harness.errors import UserError
+from harness.reporting.generator_reports import memorisation_reports, memorisation_rows, number
 from harness.reporting.load import load, unfinished_runs
 from harness.reporting.output import report_folder
 from harness.reporting.plots import (
@@ -89,16 +89,6 @@ class RunPage:
 # --------------------------------------------------------------------------- small helpers
 
 
-def _number(value: Any, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int | float):
-        return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-    return str(value)
-
-
 def _save_png(fig: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=120)
@@ -158,33 +148,6 @@ def html_tables(tables: Sequence[ResultTable]) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- run pages
 
 
-def _memorisation_reports(root: Path) -> dict[str, tuple[Path, dict[str, Any]]]:
-    """``{generator cache key: (folder, report.json)}`` of ``bench generate`` reports under ``root``."""
-    found = {}
-    for path in sorted(root.rglob("report.json")):
-        try:
-            report = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if isinstance(report, dict) and report.get("cache_key") and "memorisation" in report:
-            found[report["cache_key"]] = (path.parent, report)
-    return found
-
-
-def _memorisation_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
-    mem = report["memorisation"]
-    rows = [
-        ("near-copies", f"{mem.get('near_copies')} of {mem.get('n_samples')} samples"),
-        ("threshold", f"{_number(mem.get('threshold'))} (held-out quantile {mem.get('quantile')})"),
-        ("similarity to nearest training image, median", _number((mem.get("samples") or {}).get("median"))),
-        ("held-out real images, median", _number((mem.get("heldout") or {}).get("median"))),
-        ("samples above the held-out 95th percentile", str(mem.get("above_heldout_p95"))),
-    ]
-    if report.get("fid") is not None:
-        rows.append(("FID", _number(report["fid"], 2)))
-    return rows
-
-
 def _provenance(record: dict[str, Any]) -> list[tuple[str, str]]:
     versions = record.get("versions") or {}
     git = versions.get("git") or {}
@@ -212,7 +175,7 @@ class _RunPages:
         self.frame, self.root, self.site, self.figures = frame, root, site, figures
         self.checkpoint, self.images, self.device, self.log = checkpoint, images, device, log
         self.datasets: dict[str, Any] = {}
-        self.reports = _memorisation_reports(root)
+        self.reports = memorisation_reports(root)
 
     def page(self, name: str) -> RunPage:
         rows = self.frame[self.frame["run"] == name]
@@ -221,23 +184,23 @@ class _RunPages:
         record = read_run(run_dir) or {}
         folder = self.site / "runs" / name
         train = record.get("train") or {}
-        speed = f"{_number(train.get('seconds'), 1)} s, {_number(train.get('images_per_second'), 1)} images/s"
+        speed = f"{number(train.get('seconds'), 1)} s, {number(train.get('images_per_second'), 1)} images/s"
         facts = [
             ("method", str(first["label"])),
             ("labeled fraction", fraction_text(float(first["labeled"]))),
             ("fold / label draw / seed", f"{first['fold']} / {first['draw']} / {first['seed']}"),
             ("preset, image size", f"{first['preset']}, {int(first['image_size'])} px"),
             ("iterations", str(int(first["iterations"]))),
-            ("best validation step", _number(train.get("best_step"))),
+            ("best validation step", number(train.get("best_step"))),
             ("training time", speed),
             ("run id", str(record.get("run_id", ""))),
         ]  # fmt: skip
         summary = (record.get("test") or {}).get(self.checkpoint) or {}
-        test = [(METRIC_TITLES.get(k, k), _number(summary.get(k), 1 if k in ("hd95", "assd") else 3))
+        test = [(METRIC_TITLES.get(k, k), number(summary.get(k), 1 if k in ("hd95", "assd") else 3))
                 for k in ("dice", "iou", "hd95", "assd", "dice_all", "empty_correct") if k in summary]  # fmt: skip
         columns = [c for c in IMAGE_COLUMNS if c in rows.columns]
         table = [
-            [(_number(r[c], 1 if c in ("hd95", "assd") else 3), str(r[c])) for c in columns]
+            [(number(r[c], 1 if c in ("hd95", "assd") else 3), str(r[c])) for c in columns]
             for r in rows[columns].to_dict("records")
         ]
         page = RunPage(
@@ -301,7 +264,7 @@ class _RunPages:
             )
             return
         directory, report = found
-        page.memorisation = _memorisation_rows(report)
+        page.memorisation = memorisation_rows(report)
         nearest = directory / "nearest.png"
         if nearest.exists():
             shutil.copy2(nearest, folder / "nearest.png")
@@ -389,8 +352,8 @@ def build_site(
                 "fold": info.fold,
                 "draw": info.draw,
                 "seed": info.seed,
-                "dice": _number(((record.get("test") or {}).get(checkpoint) or {}).get("dice")),
-                "hd95": _number(((record.get("test") or {}).get(checkpoint) or {}).get("hd95"), 1),
+                "dice": number(((record.get("test") or {}).get(checkpoint) or {}).get("dice")),
+                "hd95": number(((record.get("test") or {}).get(checkpoint) or {}).get("hd95"), 1),
             }
             for page, info, record in zip(pages, run_info.itertuples(), records, strict=True)
         ]
