@@ -115,7 +115,7 @@ def test_dice_vs_iterations_needs_two_budgets_and_draws_one_line_per_method() ->
             for fold in range(3):
                 rows += [
                     {"run": f"{method}{iterations}{fold}", "label": method, "ssl": method, "generator": "none",
-                     "backbone": "cmunet", "labeled": 0.125, "iterations": iterations,
+                     "backbone": "cmunet", "labeled": 0.125, "iterations": iterations, "image_size": 64,
                      "lesion": True, "dice": base + gain + 0.01 * fold + 0.001 * i, "id": f"i{i}"}
                     for i in range(4)
                 ]  # fmt: skip
@@ -126,6 +126,16 @@ def test_dice_vs_iterations_needs_two_budgets_and_draws_one_line_per_method() ->
     assert [round(y, 4) for y in ax.lines[0].get_ydata()] == [0.5115, 0.6115, 0.6315]
     with pytest.raises(PlotError, match="one budget"):
         dice_vs_iterations(frame[frame["iterations"] == 500])
+    # the same budgets at a second image size: a line of its own per method, never one line through both
+    larger = frame.assign(image_size=128, run=frame["run"] + "-128", dice=frame["dice"] - 0.1)
+    ax = dice_vs_iterations(pd.concat([frame, larger])).axes[0]
+    assert sorted(line.get_label() for line in ax.lines) == [
+        "mgcc, 128²",
+        "mgcc, 64²",
+        "supervised, 128²",
+        "supervised, 64²",
+    ]
+    assert [round(y, 4) for y in ax.lines[0].get_ydata()] == [0.5115, 0.6115, 0.6315]
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ checkpoint (:func:`harness.inference.network.load_run_network`) and predicts a f
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import math
 import os
@@ -209,28 +210,31 @@ def dice_vs_iterations(frame: pd.DataFrame, colours: dict[str, Any] | None = Non
         label=means["run"].map(runs["label"]),
         labeled=means["run"].map(runs["labeled"]),
         iterations=means["run"].map(runs["iterations"]),
+        image_size=means["run"].map(runs["image_size"]),
     )
     if means.empty:
         raise PlotError("no test image with a lesion: Dice vs iterations needs some")
     order = [label for label in row_order(frame) if label in set(means["label"])]
     colours = colours or palette(order)
     fractions = sorted(means["labeled"].unique())
+    sizes = sorted(int(v) for v in means["image_size"].unique())  # budgets at several sizes: one line per size
     styles = dict(zip(fractions, ("-", "--", ":", "-."), strict=False))
+    markers = dict(zip(sizes, ("o", "s", "^", "D"), strict=False))
     fig = new_figure(7.5, 4.2)
     ax = fig.subplots()
-    for label in order:
-        for fraction in fractions:
-            part = means[(means["label"] == label) & (means["labeled"] == fraction)]
-            if part.empty:
-                continue
-            stats = part.groupby("iterations")["dice"].agg(["mean", "std", "count"]).reset_index()
-            name = label if len(fractions) == 1 else f"{label}, {fraction_text(fraction)} labeled"
-            ax.plot(stats["iterations"], stats["mean"], color=colours[label], linestyle=styles.get(fraction, "-"),
-                    marker="o", markersize=5, linewidth=1.5, label=name)  # fmt: skip
-            if (stats["count"] > 1).any():
-                low = (stats["mean"] - stats["std"].fillna(0)).clip(lower=0)
-                high = (stats["mean"] + stats["std"].fillna(0)).clip(upper=1)
-                ax.fill_between(stats["iterations"], low, high, color=colours[label], alpha=0.15, linewidth=0)
+    for label, fraction, size in itertools.product(order, fractions, sizes):
+        part = means[(means["label"] == label) & (means["labeled"] == fraction) & (means["image_size"] == size)]
+        if part.empty:
+            continue
+        stats = part.groupby("iterations")["dice"].agg(["mean", "std", "count"]).reset_index()
+        name = label + (f", {fraction_text(fraction)} labeled" if len(fractions) > 1 else "")
+        name += f", {size}²" if len(sizes) > 1 else ""
+        ax.plot(stats["iterations"], stats["mean"], color=colours[label], linestyle=styles.get(fraction, "-"),
+                marker=markers.get(size, "o"), markersize=5, linewidth=1.5, label=name)  # fmt: skip
+        if (stats["count"] > 1).any():
+            low = (stats["mean"] - stats["std"].fillna(0)).clip(lower=0)
+            high = (stats["mean"] + stats["std"].fillna(0)).clip(upper=1)
+            ax.fill_between(stats["iterations"], low, high, color=colours[label], alpha=0.15, linewidth=0)
     budgets = sorted(int(v) for v in means["iterations"].unique())
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_locator(FixedLocator(budgets))
