@@ -173,7 +173,7 @@ def test_page_shows_each_generators_memorisation_report_or_how_to_make_it(tmp_pa
         "cache_key": "key0" + "0" * 12, "n_samples": 128, "n_train": 40, "n_heldout": 20, "fit": {"fit_seconds": 75.0},
         "memorisation": {"near_copies": 3, "n_samples": 128, "threshold": 0.61, "quantile": 0.99,
                          "samples": {"median": 0.42}, "heldout": {"median": 0.40}, "above_heldout_p95": 9},
-        "fidelity": {"samples": {"histogram_w1": 2.5}, "noise": {"histogram_w1": 60.0},
+        "fidelity": {"samples": {"histogram_w1": 2.5, "speckle_median": 8.6}, "noise": {"histogram_w1": 60.0},
                      "definitions": {"histogram_w1": "grey levels"}},
     })  # fmt: skip
     (report / "nearest.png").write_bytes(b"\x89PNG the pairs bench generate drew")
@@ -182,6 +182,7 @@ def test_page_shows_each_generators_memorisation_report_or_how_to_make_it(tmp_pa
     assert "**ldm, fold 0** (cache `key000000000`, 128 samples" in section and "fitted in 1 min 15 s" in section
     assert "| near-copies | 3 of 128 samples |" in section
     assert "| histogram_w1 (grey levels) | 2.500 | 60.000 |" in section
+    assert "| speckle_median | 8.600 | – |" in section  # no definition: no empty brackets
     assert (tmp_path / "page" / "figures" / "nearest_fold0_key000000000.png").is_file()
     for fold in (1, 2):  # no report: the page says how to score the cached fit
         assert f"ldm, fold {fold} (cache `key{fold}00000000`): no memorisation report" in section

@@ -158,7 +158,12 @@ def _fidelity_rows(report: dict[str, Any]) -> list[list[str]]:
     samples, noise = fidelity.get("samples") or {}, fidelity.get("noise") or {}
     definitions = fidelity.get("definitions") or {}
     return [
-        [f"{key} ({definitions.get(key, '')})", number(samples.get(key)), number(noise.get(key))] for key in samples
+        [
+            f"{key} ({definitions[key]})" if definitions.get(key) else key,
+            number(samples.get(key)),
+            number(noise.get(key)),
+        ]
+        for key in samples
     ]
 
 
