@@ -110,7 +110,7 @@ HOW: dict[str, tuple[str, str]] = {
     "bench status runs": ("run", ""),
     "bench run --ssl mgcc --preset paper --gpus 4": ("dry-run", f"{LONG} on 4 GPUs"),
     "bench run ... --executor slurm --gpus 4": ("skip", PLACEHOLDER),
-    "bench run --suite benchmarks/busi-cpu.toml --jobs 2": ("dry-run", "trains 30 BUSI runs, about two hours"),
+    "bench run --suite benchmarks/busi-cpu.toml --jobs 2": ("dry-run", "trains 30 BUSI runs (1 h 43 min here)"),
     "bench report runs/ --format markdown --out results/": ("slow", "draws every figure (~20 s)"),
     # docs/writing-plugins.md
     "bench run --ssl fixmatch --backbone attention-unet --preset quick --iterations 20 --image-size 32 "
