@@ -171,9 +171,9 @@ def generator_section(records: list[tuple[pd.Series, dict[str, Any]]], root: Pat
     """Per generator the runs used: its memorisation and fidelity report and nearest pairs, or how to make them."""
     used: dict[str, tuple[str, Any]] = {}
     for _, rec in records:
-        info = rec.get("generator") or {}
+        info, config = rec.get("generator") or {}, rec.get("config") or {}
         if info.get("cache_key"):
-            used.setdefault(info["cache_key"], ((rec.get("config") or {}).get("generator"), rec["config"].get("fold")))
+            used.setdefault(info["cache_key"], (config.get("generator"), config.get("fold")))
     if not used:
         return []
     reports = memorisation_reports(root)

@@ -114,8 +114,8 @@ def _param_overrides(spec: RunSpec, config: dict[str, Any]) -> dict[str, dict[st
     return overrides
 
 
-def command_for(spec: RunSpec, out: str) -> list[str]:
-    """``bench run`` arguments that train ``spec`` into the results directory ``out``."""
+def command_for(spec: RunSpec, out: str, threads: int | None = None) -> list[str]:
+    """``bench run`` arguments that train ``spec`` into ``out``, at ``threads`` torch threads when given."""
     argv = ["bench", "run"]
     default = RunSpec()
     for field, option in AXIS_OPTIONS.items():
@@ -132,6 +132,8 @@ def command_for(spec: RunSpec, out: str) -> list[str]:
     for scope, values in sorted(spec.overrides.items()):
         for key, value in sorted(values.items()):
             argv += ["--set", f"{scope}.{key}={value}" if scope else f"{key}={value}"]
+    if threads is not None:
+        argv += ["--threads", str(threads)]
     return [*argv, "--out", out]
 
 
@@ -165,8 +167,6 @@ def replay(run: dict[str, Any], out: str, registry: Registry | None = None) -> R
     run_id = _run_id(spec, registry)
     if run_id is not None and run_id == run.get("run_id"):
         spec = _shortest(spec, run_id, registry)
-    argv = command_for(spec, out)
     threads = run.get("threads")
-    if isinstance(threads, int) and threads > 0 and (run.get("device") or "cpu") == "cpu":
-        argv[-2:-2] = ["--threads", str(threads)]
-    return Replay(argv, run_id, run.get("run_id"))
+    on_cpu = isinstance(threads, int) and threads > 0 and (run.get("device") or "cpu") == "cpu"
+    return Replay(command_for(spec, out, threads if on_cpu else None), run_id, run.get("run_id"))
