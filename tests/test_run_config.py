@@ -58,7 +58,7 @@ def test_resolved_defaults_are_recorded_for_reporting():
     assert run.defaults["run"]["ramp_horizon"] == "scaled" and run.defaults["preset"]["iterations"] == 300
     record = run_record({"config": run.config, "defaults": run.defaults, "status": "done"}, Path("r"))
     defaults = registry_defaults(pd.Series(record))
-    assert defaults["method.consistency"] == 7.0 and defaults["train_precision"] == "fp32"
+    assert defaults["method.consistency"] == 7.0 and defaults["train_precision"] == "auto"
 
 
 def test_tables_read_recorded_defaults_without_the_registry():

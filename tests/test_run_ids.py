@@ -11,11 +11,13 @@ import pytest
 from harness.runs.resolve import RunSpec, resolve
 
 PINNED = [
-    (RunSpec(), "mgcc_none_cmunet_l0.25_f0_a7452452fe"),
-    (RunSpec(ssl="supervised"), "supervised_none_cmunet_l0.25_f0_e4a1dbd47f"),
-    (RunSpec(generator="ldm"), "mgcc_ldm_cmunet_l0.25_f0_db0b3e9259"),
+    # the quick preset's precision became "auto" (issue 15: bf16 where the CPU has it, parity measured): with
+    # fp32 given explicitly the old ids come back; at the new default the id follows the precision that runs
+    (RunSpec(precision="fp32"), "mgcc_none_cmunet_l0.25_f0_a7452452fe"),
+    (RunSpec(ssl="supervised", precision="fp32"), "supervised_none_cmunet_l0.25_f0_e4a1dbd47f"),
+    (RunSpec(generator="ldm", precision="fp32"), "mgcc_ldm_cmunet_l0.25_f0_db0b3e9259"),
     # unet gained style/upsampling later (field metadata added_later): at their defaults the id stays
-    (RunSpec(ssl="supervised", backbone="unet"), "supervised_none_unet_l0.25_f0_9f53488126"),
+    (RunSpec(ssl="supervised", backbone="unet", precision="fp32"), "supervised_none_unet_l0.25_f0_9f53488126"),
     # the paper preset's recipe changed on purpose (issue 12: fp32, T = int(40000 x fraction)): with the
     # old settings given explicitly the old ids come back; at the new defaults the ids are new
     (
