@@ -8,8 +8,11 @@ with one thread. The policy:
    or ``OMP_NUM_THREADS`` in the environment, decides alone.
 2. Otherwise start from the cores this process may run on (its affinity mask, capped by a cgroup
    CPU quota when one is set), not the machine's core count.
-3. Subtract the cores other processes keep busy: the 1-minute load average minus this process's
-   own recent CPU use, rounded to whole cores.
+3. Subtract the cores other processes keep busy now: their CPU time on this process's cores over a
+   half-second sample of ``/proc/stat``, rounded to whole cores. The 1-minute load average lags by
+   minutes (right after ``pip install`` it reads about 1 on an idle machine, and a hog that has just
+   started barely shows), so it only stands in where ``/proc/stat`` cannot be read, less this
+   process's own recent CPU use.
 4. Share what is left among the ``--jobs`` processes that train at once (at least one each).
 
 :func:`choose` is a pure function of those inputs; :func:`decide` reads them from the system and
@@ -37,18 +40,26 @@ class ThreadChoice:
     load: float | None = None
     own_load: float | None = None
     jobs: int = 1
+    #: cores other processes kept busy during the sample (None: not sampled)
+    busy_now: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 def choose(
-    cores: int, load: float | None, own_load: float = 0.0, jobs: int = 1, override: int | None = None
+    cores: int,
+    load: float | None,
+    own_load: float = 0.0,
+    jobs: int = 1,
+    override: int | None = None,
+    busy_now: float | None = None,
 ) -> ThreadChoice:
-    """The thread count for one of ``jobs`` processes on ``cores`` usable cores at 1-minute ``load``.
+    """The thread count for one of ``jobs`` processes on ``cores`` usable cores.
 
-    ``own_load`` is this process's share of ``load`` (its recent CPU use in cores), which is not
-    someone else's work. ``override`` (``--threads``) wins.
+    ``busy_now``: cores other processes kept busy during a short sample (see :func:`busy_cores_now`);
+    it decides when given. Otherwise the 1-minute ``load`` less ``own_load``, this process's share of
+    it (its recent CPU use in cores), which is not someone else's work. ``override`` (``--threads``) wins.
     """
     jobs = max(1, jobs)
     if override is not None:
@@ -57,16 +68,20 @@ def choose(
         return ThreadChoice(override, f"--threads {override}", cores, load, own_load, jobs)
     cores = max(1, cores)
     busy = 0
-    if load is not None:
+    if busy_now is not None:
+        busy = max(0, math.floor(busy_now + 0.5))
+        seen = f"{busy_now:.2f} busy over a {SAMPLE_SECONDS:g} s sample" + (f", 1-min load {load:.2f}" if load else "")
+    elif load is not None:
         busy = max(0, math.floor(load - own_load + 0.5))
+        seen = f"load {load:.2f}, ours {own_load:.2f}"
     free = max(1, cores - busy)
     threads = max(1, free // jobs)
     why = f"{cores} usable core(s)"
     if busy:
-        why += f", {min(busy, cores)} kept busy by other processes (load {load:.2f}, ours {own_load:.2f})"
+        why += f", {min(busy, cores)} kept busy by other processes ({seen})"
     if jobs > 1:
         why += f", shared by {jobs} parallel jobs"
-    return ThreadChoice(threads, why, cores, load, own_load, jobs)
+    return ThreadChoice(threads, why, cores, load, own_load, jobs, busy_now)
 
 
 # --------------------------------------------------------------------------- reading the system
@@ -87,6 +102,58 @@ def usable_cores() -> int:
     return cores
 
 
+#: seconds :func:`busy_cores_now` watches the machine for
+SAMPLE_SECONDS = 0.5
+
+
+def _cpu_times(cpus: set[int]) -> tuple[float, float] | None:
+    """(busy, total) jiffies summed over ``cpus`` from /proc/stat; None where it cannot be read.
+
+    Busy is user + nice + system + irq + softirq; steal (time the hypervisor gave to other
+    machines) is neither busy nor idle here, since no thread of ours can win it back.
+    """
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return None
+    busy = total = 0.0
+    for line in lines:
+        name, *fields = line.split()
+        if not name.startswith("cpu") or name == "cpu" or int(name[3:]) not in cpus:
+            continue
+        user, nice, system, idle, iowait, irq, softirq = (float(v) for v in fields[:7])
+        busy += user + nice + system + irq + softirq
+        total += user + nice + system + idle + iowait + irq + softirq
+    return (busy, total) if total else None
+
+
+def busy_cores_now(seconds: float = SAMPLE_SECONDS) -> float | None:
+    """Cores of this process's affinity mask that other processes kept busy over ``seconds``.
+
+    This process's own CPU use in that time (threads that keep running while it waits) is not
+    counted. None where /proc/stat cannot be read (not Linux).
+    """
+    try:
+        cpus = set(os.sched_getaffinity(0))
+    except AttributeError:
+        return None
+    start, own_start = _cpu_times(cpus), _own_cpu_seconds()
+    if start is None:
+        return None
+    time.sleep(seconds)
+    end, own_end = _cpu_times(cpus), _own_cpu_seconds()
+    if end is None or end[1] <= start[1]:
+        return None
+    fraction = (end[0] - start[0]) / (end[1] - start[1])
+    # jiffies are per core: the busy fraction times the cores watched, less our own use in that time
+    return max(0.0, fraction * len(cpus) - (own_end - own_start) / seconds)
+
+
+def _own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def machine_load() -> float | None:
     """The 1-minute load average (None where the system has none)."""
     try:
@@ -105,8 +172,7 @@ def own_load() -> float:
     The load average counts our own threads too; after one run of a grid they are not someone else's.
     """
     global _last_sample
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    now, cpu = time.monotonic(), usage.ru_utime + usage.ru_stime
+    now, cpu = time.monotonic(), _own_cpu_seconds()
     then, cpu_then = _last_sample or _started
     _last_sample = (now, cpu)
     wall = now - then
@@ -131,7 +197,9 @@ def decide(jobs: int = 1, override: int | None = None) -> ThreadChoice:
             if value.isdigit() and int(value) > 0:
                 choice = choose(usable_cores(), machine_load(), 0.0, jobs, int(value))
                 return ThreadChoice(choice.threads, f"{name}={value}", choice.cores, choice.load, None, jobs)
-    return choose(usable_cores(), machine_load(), own_load(), jobs, override)
+    if override is not None:
+        return choose(usable_cores(), machine_load(), 0.0, jobs, override)
+    return choose(usable_cores(), machine_load(), own_load(), jobs, None, busy_cores_now())
 
 
 _applied: ThreadChoice | None = None
