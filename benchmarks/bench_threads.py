@@ -10,7 +10,9 @@ folder and cache, so that a change of the machine's load hits every configuratio
 
 - ``idle-1-thread``: ``--threads 1``, nothing else started by this script (the reference);
 - ``busy-policy``: one busy-looping process started by this script, segbench's thread policy decides;
-- ``busy-2-threads`` (``--with-oversubscribed``): the same with ``--threads 2``, torch's old default.
+- ``busy-2-threads`` (``--with-oversubscribed``): the same with ``--threads 2``, torch's old default;
+- ``idle-policy`` (``--with-idle-policy``): nothing else started, the policy decides: the README's
+  command as a user runs it on an idle machine.
 
 The goal (issue 15): busy-policy within 1.3x of idle-1-thread. Reported per round and as the median
 of the per-round ratios, with the machine's load average around every launch (other users' work
@@ -77,11 +79,22 @@ def launch(name: str, extra: list[str], busy: bool, bench: str, nice: int) -> di
     }
 
 
+def _commit() -> str | None:
+    """The segbench commit measured (None outside a git checkout)."""
+    try:
+        here = Path(__file__).parent
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=here)
+    except OSError:
+        return None
+    return out.stdout.strip() or None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--args", default="", help="more bench run arguments (a shorter run), as one string")
     parser.add_argument("--with-oversubscribed", action="store_true", help="also run --threads 2 beside the spinner")
+    parser.add_argument("--with-idle-policy", action="store_true", help="also run without --threads and spinner")
     parser.add_argument("--nice", type=int, default=0, help="niceness of the measured runs and of the spinner")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--note", default="")
@@ -91,6 +104,8 @@ def main() -> None:
     configs = [("idle-1-thread", ["--threads", "1"], False), ("busy-policy", [], True)]
     if args.with_oversubscribed:
         configs.append(("busy-2-threads", ["--threads", "2"], True))
+    if args.with_idle_policy:
+        configs.append(("idle-policy", [], False))
     started = time.time()
     results = []
     for round_index in range(args.rounds):
@@ -112,6 +127,7 @@ def main() -> None:
         "host": socket.gethostname(),
         "cpu": cpu_model(),
         "usable_cores": len(os.sched_getaffinity(0)),
+        "code": _commit(),
         "command": "bench " + " ".join(MAIN) + (" " + args.args if args.args else ""),
         "goal": "busy-policy / idle-1-thread <= 1.3",
         "ratios_to_idle_1_thread": ratios,
