@@ -8,6 +8,7 @@ messages and the DDP primitives). Every rank builds its trainer with
 
 from __future__ import annotations
 
+import faulthandler
 import os
 from collections.abc import Callable
 from typing import Any
@@ -102,6 +103,8 @@ def launch(task: Any, nprocs: int, gpu_ids: list[str] | None, threads: int | Non
 
 
 def _rank_main(rank: int, task: Any, nprocs: int, port: int, gpu_ids: list[str] | None, threads: int | None) -> None:
+    # a rank killed by SIGABRT/SIGSEGV (gloo, oneDNN) prints its Python stacks to stderr instead of vanishing
+    faulthandler.enable()
     os.environ.update(
         RANK=str(rank), WORLD_SIZE=str(nprocs), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(nprocs),
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
